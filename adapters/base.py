@@ -1,0 +1,176 @@
+"""What every adapter shares: the fusion modules, the feature buffers, content-aware embeddings.
+
+An adapter is an ``nn.Module`` installed on a RecBole model as ``model.fusion_adapter``. It owns
+
+* ``fusion``: a :class:`~fusionlayer.FeatureFusionLayer` over the history's modality streams
+  (the sequence/user side), ending in ``user_out``, a Linear initialised to zero;
+* ``item_out[name]``: one zero-initialised Linear per wrapped candidate embedding (the item side),
+  fed by the item's projected content features;
+* the per-item feature tables as non-persistent buffers (they move with ``model.to(device)`` and
+  stay out of checkpoints).
+
+Both output Linears start at zero, so a freshly attached model scores exactly like its backbone.
+Candidate embeddings are swapped for :class:`ContentEmbedding` wrappers whose ``weight`` is
+``base_layer.weight + item_out(content)``: RecBole reads ``item_embedding.weight`` directly in
+``calculate_loss`` (CE) and ``full_sort_predict``, and all of them see the fused items.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusionlayer.config import FusionConfig
+from fusionlayer.fusion import FeatureFusionLayer
+
+__all__ = ["ADAPTER_DEFAULTS", "ContentEmbedding", "FusionAdapter"]
+
+# Lighter than FusionConfig's standalone defaults: the backbone already models the sequence, the
+# fusion is an add-on whose step cost should stay small next to it. Any of them can be overridden
+# through attach(model, features, **fusion_options).
+ADAPTER_DEFAULTS = {"hidden_size": 32, "num_layers": 1, "num_fusion_layers": 1, "token_hidden_size": 32,
+                    "channel_hidden_size": 64}
+
+
+class ContentEmbedding(nn.Module):
+    """An ``nn.Embedding`` stand-in whose rows add the item's fused content features.
+
+    Keeps what host code reads: ``weight``, ``num_embeddings``, ``embedding_dim``, ``padding_idx``.
+
+    Args:
+        base_layer: the original embedding (kept, reachable as ``base_layer``).
+        adapter: the owning adapter (not registered as a child: it is ``model.fusion_adapter``).
+        name: the embedding's attribute name on the model (selects ``adapter.item_out[name]``).
+    """
+
+    def __init__(self, base_layer: nn.Embedding, adapter: "FusionAdapter", name: str) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.__dict__["_adapter"] = adapter  # plain reference: no module cycle, no duplicate state
+        self.adapter_key = name
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight + self._adapter.item_delta(self.adapter_key)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.base_layer.num_embeddings
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.base_layer.embedding_dim
+
+    @property
+    def padding_idx(self) -> int | None:
+        return self.base_layer.padding_idx
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight, self.padding_idx)
+
+
+class FusionAdapter(nn.Module):
+    """Base adapter. Subclasses name the embeddings to wrap and the methods they override.
+
+    Class attributes:
+        candidate_embeddings: attribute names of the candidate-item embeddings to wrap.
+        overrides: method names installed on the model instance (``forward``, ...), implemented
+            here as ``fused_<name>``; the originals stay reachable as ``self.base_<name>``.
+        sequence_dim_attr: the model attribute holding the width of the user/sequence vector.
+
+    Args:
+        model: the RecBole model (read for sizes only; ``install`` changes it).
+        tables: validated ``{modality: (n_items, D)}`` tables.
+        fusion_options: :class:`FusionConfig` fields for the history fusion (``modality_dims`` is filled in).
+        dataset: the training dataset (used by adapters that need histories, e.g. BPR).
+    """
+
+    candidate_embeddings: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()
+    id_stream_dim_attr: str = "hidden_size"
+
+    def __init__(self, model: nn.Module, tables: Mapping[str, torch.Tensor], *, fusion_options: Mapping[str, Any],
+                 dataset: Any = None) -> None:
+        super().__init__()
+        self.modalities = list(tables)
+        for name, table in tables.items():
+            self.register_buffer(f"table_{name}", table, persistent=False)
+        present = torch.zeros(next(iter(tables.values())).shape[0], dtype=torch.bool)
+        for table in tables.values():
+            present |= table.abs().sum(dim=1) > 0
+        present[0] = False  # RecBole's padding id
+        self.register_buffer("item_present", present.unsqueeze(1), persistent=False)
+        id_dim = self.id_stream_dim(model)
+        options = {"max_seq_length": getattr(model, "max_seq_length", 50), **ADAPTER_DEFAULTS, **fusion_options}
+        self.config = FusionConfig(modality_dims={"id": id_dim, **{n: t.shape[1] for n, t in tables.items()}}, **options)
+        H = self.config.hidden_size
+        self.fusion = FeatureFusionLayer(config=self.config)
+        self.user_out = nn.Linear(H, id_dim, bias=False)
+        self.item_out = nn.ModuleDict(
+            {name: nn.Linear(H, getattr(model, name).embedding_dim, bias=False) for name in self.candidate_embeddings}
+        )
+        for linear in [self.user_out, *self.item_out.values()]:
+            nn.init.zeros_(linear.weight)  # freshly attached == base model
+        self._model_ref: list[nn.Module] = []  # the host model, kept out of the module tree
+
+    # ---------------------------------------------------------------- sizes and checks
+    @classmethod
+    def id_stream_dim(cls, model: nn.Module) -> int:
+        return int(getattr(model, cls.id_stream_dim_attr))
+
+    @classmethod
+    def check_model(cls, model: nn.Module, *, dataset: Any = None) -> None:
+        """Raise before any change if ``model`` lacks what this adapter needs."""
+        for name in cls.candidate_embeddings:
+            if not isinstance(getattr(model, name, None), nn.Embedding):
+                raise TypeError(f"{type(model).__name__}.{name} must be an nn.Embedding for {cls.__name__}")
+
+    # ---------------------------------------------------------------- feature access
+    def tables(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, f"table_{name}") for name in self.modalities}
+
+    def item_content(self) -> torch.Tensor:
+        """(n_items, H): the sum of the items' projected modality features, zero for absent items."""
+        projected = self.fusion.project_tables(self.tables())
+        return F.gelu(torch.stack(list(projected.values())).sum(0)) * self.item_present
+
+    def item_delta(self, name: str) -> torch.Tensor:
+        return self.item_out[name](self.item_content())
+
+    def fuse_history(self, item_seq: torch.Tensor, *, id_table: torch.Tensor | None = None,
+                     id_sequence: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H_out): the fused history at its newest item, through ``user_out`` (zero at attach)."""
+        tables = self.tables()
+        sequences = {}
+        if id_sequence is not None:
+            sequences["id"] = id_sequence
+        else:
+            tables["id"] = id_table
+        fused = self.fusion.forward_items(item_seq, tables, sequences=sequences, last_only=True)
+        return self.user_out(fused)
+
+    # ---------------------------------------------------------------- install / uninstall
+    @property
+    def model(self) -> nn.Module:
+        return self._model_ref[0]
+
+    def install(self, model: nn.Module) -> None:
+        self._model_ref.append(model)
+        model.add_module("fusion_adapter", self)
+        for name in self.candidate_embeddings:
+            setattr(model, name, ContentEmbedding(getattr(model, name), self, name))
+        for name in self.overrides:
+            setattr(self, f"base_{name}", getattr(model, name))  # bound method of the original class
+            model.__dict__[name] = types.MethodType(getattr(type(self), f"fused_{name}"), self)
+
+    def uninstall(self, model: nn.Module) -> None:
+        for name in self.overrides:
+            model.__dict__.pop(name, None)
+        for name in self.candidate_embeddings:
+            setattr(model, name, getattr(model, name).base_layer)
+        del model._modules["fusion_adapter"]
+        self._model_ref.clear()

@@ -1,0 +1,75 @@
+"""Adapter for RecBole's BPR (matrix factorisation, pairwise loss; a general recommender).
+
+BPR's batches carry no sequence, so the adapter takes each user's training history from the
+dataset given to ``attach(..., dataset=train_data.dataset)``: the newest ``max_seq_length`` items per
+user, in timestamp order where the dataset has one, kept as a buffer. Only the training split's
+interactions may be given (the validation and test items must not leak into the history).
+
+Where fusion enters, and why:
+
+* **User side.** ``get_user_embedding`` (used by ``forward``, ``calculate_loss``, ``predict`` and
+  ``full_sort_predict``) returns the user embedding plus the fused history (ID stream: the history's
+  item embeddings; plus image and text) through ``user_out`` (zero at attach). MF's user vector is
+  a free parameter learnt from few interactions; the history's content gives it a prior.
+* **Candidate side.** ``item_embedding`` becomes a :class:`ContentEmbedding`, so every score,
+  including ``full_sort_predict``'s ``item_embedding.weight``, sees the item's content.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fusionlayer.adapters.base import FusionAdapter
+
+__all__ = ["BPRAdapter", "user_histories"]
+
+
+def user_histories(dataset, n_users: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n_users, max_len)`` newest-last item ids (right-padded with 0) and their lengths."""
+    inter = dataset.inter_feat
+    users = inter[dataset.uid_field].long()
+    items = inter[dataset.iid_field].long()
+    time_field = getattr(dataset, "time_field", None)
+    order = torch.argsort(inter[time_field].double(), stable=True) if time_field and time_field in inter else torch.arange(len(users))
+    order = order[torch.argsort(users[order], stable=True)]  # by user, then time
+    users, items = users[order], items[order]
+    counts = torch.bincount(users, minlength=n_users)
+    starts = torch.cumsum(counts, 0) - counts
+    lengths = counts.clamp(max=max_len)
+    history = torch.zeros(n_users, max_len, dtype=torch.long)
+    for offset in range(max_len):  # fill column by column: the newest `lengths[u]` items of each user
+        rows = torch.nonzero(lengths > offset).flatten()
+        history[rows, offset] = items[starts[rows] + counts[rows] - lengths[rows] + offset]
+    return history, lengths
+
+
+class BPRAdapter(FusionAdapter):
+    candidate_embeddings = ("item_embedding",)
+    overrides = ("get_user_embedding",)
+    id_stream_dim_attr = "embedding_size"
+
+    def __init__(self, model: nn.Module, tables, *, fusion_options, dataset=None) -> None:
+        super().__init__(model, tables, fusion_options=fusion_options, dataset=dataset)
+        history, lengths = user_histories(dataset, model.n_users, self.config.max_seq_length)
+        self.register_buffer("history", history, persistent=False)
+        self.register_buffer("history_len", lengths, persistent=False)
+
+    @classmethod
+    def check_model(cls, model: nn.Module, *, dataset=None) -> None:
+        super().check_model(model, dataset=dataset)
+        if dataset is None or not hasattr(dataset, "inter_feat"):
+            raise ValueError(
+                "BPR batches carry no history: pass the training dataset, "
+                "fusionlayer.attach(model, features=..., dataset=train_data.dataset)"
+            )
+        if dataset.user_num != model.n_users or dataset.item_num != model.n_items:
+            raise ValueError(
+                f"dataset has {dataset.user_num} users / {dataset.item_num} items but the model was built for "
+                f"{model.n_users} / {model.n_items}; pass the dataset the model was built on (train_data.dataset)"
+            )
+
+    def fused_get_user_embedding(self, user: torch.Tensor) -> torch.Tensor:
+        users, inverse = torch.unique(user, return_inverse=True)  # a batch repeats users: fuse each once
+        fused = self.fuse_history(self.history[users], id_table=self.model.item_embedding.weight)
+        return self.base_get_user_embedding(user) + fused[inverse]

@@ -1,0 +1,107 @@
+"""Adapters for RecBole's sequential models: SASRec, GRU4Rec, and any model with the same contract.
+
+Where fusion enters, and why:
+
+* **Sequence side.** The backbone's own per-position output is the ID stream (SASRec: the last
+  Transformer layer; GRU4Rec: the GRU output after its ``dense`` projection), captured by a forward
+  hook on that submodule. The image and text features of the same history are the other streams of
+  a :class:`~fusionlayer.FeatureFusionLayer`; its fused output at the newest item goes through
+  ``user_out`` (zero at attach) and is added to the backbone's sequence vector. The backbone keeps
+  modelling order and recency; the fusion adds what the items *are*.
+* **Candidate side.** ``item_embedding`` becomes a :class:`ContentEmbedding`: every item's
+  embedding gains its projected content (zero at attach). RecBole scores with
+  ``item_embedding.weight`` in ``calculate_loss`` (CE) and ``full_sort_predict``, and looks up the
+  history through the same module, so training, ``predict`` and full ranking all see the content;
+  rarely seen items, whose ID embeddings learn least, gain most.
+
+A model that is not registered but has ``item_embedding`` and ``forward(item_seq, item_seq_len)``
+returning ``(B, H)`` gets :class:`GenericSequentialAdapter`: the same two sides, with the history's
+item embeddings as the ID stream (no hook into an unknown backbone).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from fusionlayer.adapters.base import FusionAdapter
+
+__all__ = ["SequentialAdapter", "SASRecAdapter", "GRU4RecAdapter", "GenericSequentialAdapter"]
+
+
+class SequentialAdapter(FusionAdapter):
+    """Base for models with ``item_embedding`` and ``forward(item_seq, item_seq_len) -> (B, H)``.
+
+    Class attributes:
+        sequence_module: the submodule whose output is the per-position sequence ``(B, L, H)``;
+            None = use the history's item embeddings as the ID stream.
+    """
+
+    candidate_embeddings = ("item_embedding",)
+    overrides = ("forward",)
+    sequence_module: str | None = None
+
+    @classmethod
+    def check_model(cls, model: nn.Module, *, dataset=None) -> None:
+        super().check_model(model, dataset=dataset)
+        params = list(inspect.signature(model.forward).parameters)
+        if params[:2] != ["item_seq", "item_seq_len"]:
+            raise TypeError(f"{type(model).__name__}.forward must take (item_seq, item_seq_len), got {params}")
+        if cls.sequence_module and not isinstance(getattr(model, cls.sequence_module, None), nn.Module):
+            raise TypeError(f"{type(model).__name__} has no submodule {cls.sequence_module!r}")
+
+    @staticmethod
+    def select_sequence(output) -> torch.Tensor:
+        return output
+
+    def install(self, model: nn.Module) -> None:
+        super().install(model)
+        self._captured: list[torch.Tensor] = []
+        self._hook = None
+        if self.sequence_module:
+            def keep(module, args, output):
+                self._captured.append(self.select_sequence(output))
+
+            self._hook = getattr(model, self.sequence_module).register_forward_hook(keep)
+
+    def uninstall(self, model: nn.Module) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+        super().uninstall(model)
+
+    def fused_forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        self._captured.clear()
+        seq_output = self.base_forward(item_seq, item_seq_len)  # (B, H)
+        if self.sequence_module:
+            id_sequence = self._captured.pop()  # (B, L, H): the backbone's per-position output
+        else:
+            id_sequence = self.model.item_embedding(item_seq)
+        self._captured.clear()
+        return seq_output + self.fuse_history(item_seq, id_sequence=id_sequence)
+
+
+class SASRecAdapter(SequentialAdapter):
+    """SASRec: ID stream = the last Transformer layer's output (``trm_encoder`` returns all layers)."""
+
+    sequence_module = "trm_encoder"
+
+    @staticmethod
+    def select_sequence(output) -> torch.Tensor:
+        return output[-1]
+
+
+class GRU4RecAdapter(SequentialAdapter):
+    """GRU4Rec: ID stream = the GRU output after ``dense`` (width ``embedding_size``)."""
+
+    sequence_module = "dense"
+    id_stream_dim_attr = "embedding_size"
+
+
+class GenericSequentialAdapter(SequentialAdapter):
+    """Any unregistered model with RecBole's sequential contract; ID stream = the item embeddings."""
+
+    @classmethod
+    def id_stream_dim(cls, model: nn.Module) -> int:
+        return int(model.item_embedding.embedding_dim)

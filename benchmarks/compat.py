@@ -1,0 +1,313 @@
+"""Compatibility benchmark: does fusion make SASRec, GRU4Rec, FPMC and BPR better?
+
+Grid: backbones {FPMC, BPR, GRU4Rec, SASRec} x {plain, fusion (attach)}, plus the standalone
+MLPMixerRec (ID only) and M2SR, over seeds. Protocol in ``fusionlayer.data.recbole_data.PROTOCOL``
+(5-core, L <= 50, leave-one-out by time, full ranking); hyper-parameters in
+``benchmarks/compat_config.json``. Every finished run appends one JSON line to the results file;
+a re-run skips what is recorded, so the grid completes over several sittings.
+
+    python benchmarks/compat.py                     # the full ML-100K grid (hours on 2 CPU cores)
+    python benchmarks/compat.py --quick             # 1 epoch, 300 users: wiring check (~1-2 min)
+    python benchmarks/compat.py --models BPR,FPMC --seeds 0
+    python benchmarks/report.py                     # tables, significance, popularity, PNG
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import datetime
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+BACKBONES = ["BPR", "FPMC", "GRU4Rec", "SASRec"]
+STANDALONE = ["MLPMixerRec", "M2SR"]
+MODELS = BACKBONES + STANDALONE
+DATASETS = ["ml-100k", "ml-1m"]
+K = 10
+
+logger = logging.getLogger("fusionlayer.bench.compat")
+
+
+def load_hparams(path: Path = HERE / "compat_config.json") -> dict:
+    return json.loads(path.read_text())
+
+
+def grid(models: list[str], seeds: list[int]) -> list[tuple[str, str, int]]:
+    """(model, variant, seed) in run order: seed-major, so every model gets seed 0 first."""
+    runs = []
+    for seed in seeds:
+        for model in models:
+            variants = ["standalone"] if model in STANDALONE else ["plain", "fusion"]
+            runs += [(model, variant, seed) for variant in variants]
+    return runs
+
+
+def read_results(path: Path) -> list[dict]:
+    """Parse a results file; a malformed line is skipped with a warning that names it."""
+    rows = []
+    if not path.is_file():
+        return rows
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not {"dataset", "model", "variant", "seed"} <= set(row):
+                raise ValueError("missing keys dataset/model/variant/seed")
+        except ValueError as exc:
+            warnings.warn(f"{path}:{number}: skipping malformed result line ({exc}): {line[:80]!r}", stacklevel=2)
+            continue
+        rows.append(row)
+    return rows
+
+
+def run_key(row: dict) -> tuple:
+    return row["dataset"], row["model"], row["variant"], int(row["seed"]), bool(row.get("quick", False))
+
+
+def append_result(path: Path, row: dict) -> None:
+    """Append one line with a single write on an O_APPEND descriptor, then fsync."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(row, separators=(",", ":")) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def git_commit() -> str:
+    """The checkout's commit when the process started (code edits after that do not reach it)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def slice_dataset(name: str, data_root: Path, users: int, out_root: Path) -> str:
+    """Write the first ``users`` users' interactions of ``name`` as dataset ``<name>-u<users>``."""
+    from fusionlayer.data import ensure_dataset
+
+    folder = ensure_dataset(name, data_root)
+    sliced = f"{name}-u{users}"
+    (out_root / sliced).mkdir(parents=True, exist_ok=True)
+    lines = (folder / f"{name}.inter").read_text().splitlines()
+    keep = [lines[0]] + [line for line in lines[1:] if int(line.split("\t")[0]) <= users]
+    (out_root / sliced / f"{sliced}.inter").write_text("\n".join(keep) + "\n")
+    return sliced
+
+
+# ----------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def rank_users(model, eval_data, train_item_counts: np.ndarray, device: str, seed: int) -> dict[str, np.ndarray]:
+    """Per-user rank of the held-out item: full ranking and against 100 uniform negatives.
+
+    Ranks count the items scored strictly higher (ties in the user's favour, as RecBole's topk may
+    break them either way); the user's training items and the padding id are excluded.
+    """
+    model.eval()
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    users, full_rank, uni_rank, target_pop = [], [], [], []
+    uid = model.USER_ID
+    for interaction, history_index, positive_u, positive_i in eval_data:
+        interaction = interaction.to(device)
+        scores = model.full_sort_predict(interaction).view(len(interaction), -1).float().cpu()
+        scores[:, 0] = -torch.inf
+        if history_index is not None:
+            scores[history_index] = -torch.inf
+        target = torch.full((len(interaction),), -1, dtype=torch.long)
+        target[positive_u] = positive_i
+        rows = torch.nonzero(target >= 0).flatten()
+        s, t = scores[rows], target[rows]
+        target_score = s.gather(1, t.unsqueeze(1))
+        full_rank.append((s > target_score).sum(1))
+        allowed = torch.isfinite(s)
+        allowed[torch.arange(len(rows)), t] = False
+        negatives = torch.multinomial(allowed.float(), 100, replacement=False, generator=generator)
+        uni_rank.append((s.gather(1, negatives) > target_score).sum(1))
+        users.append(interaction[uid].cpu()[rows])
+        target_pop.append(torch.from_numpy(train_item_counts[t.numpy()]))
+    return {"user": torch.cat(users).numpy(), "full": torch.cat(full_rank).numpy(),
+            "uni100": torch.cat(uni_rank).numpy(), "target_pop": torch.cat(target_pop).numpy()}
+
+
+def metrics_from_ranks(ranks: np.ndarray) -> dict[str, np.ndarray]:
+    hit = ranks < K
+    return {"mrr@10": np.where(hit, 1.0 / (ranks + 1), 0.0), "ndcg@10": np.where(hit, 1.0 / np.log2(ranks + 2), 0.0),
+            "hit@10": hit.astype(float)}
+
+
+def summarise(ranked: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    return {protocol: {m: round(float(v.mean()), 6) for m, v in metrics_from_ranks(ranked[protocol]).items()}
+            for protocol in ("full", "uni100")}
+
+
+# ----------------------------------------------------------------------------------- one run
+def load_tables(dataset_name: str, train_dataset, args, hparams) -> dict:
+    from fusionlayer.encoders import load_features
+
+    aligned = load_features(dataset_name, train_dataset, ("text", "image"), encoders=hparams["encoders"],
+                            data_root=args.data_dir, cache_dir=args.cache_dir, progress=False)
+    return {name: a.features for name, a in aligned.items()}
+
+
+def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> dict:
+    import fusionlayer
+    from fusionlayer.data.recbole_data import prepare_data, recbole_config
+
+    fusionlayer.patch_recbole()
+    from recbole.model.general_recommender import BPR
+    from recbole.model.sequential_recommender import FPMC, GRU4Rec, SASRec
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    classes = {"BPR": BPR, "FPMC": FPMC, "GRU4Rec": GRU4Rec, "SASRec": SASRec,
+               "MLPMixerRec": fusionlayer.MLPMixerRec, "M2SR": fusionlayer.M2SR}
+    model_class = classes[model_name]
+    overrides = {**hparams["common"], **hparams["models"][model_name], "seed": seed, "reproducibility": True,
+                 "device": args.device, "use_gpu": args.device.startswith("cuda")}
+    data_root, dataset_name = Path(args.data_dir) if args.data_dir else None, args.dataset
+    if args.quick:
+        overrides.update(epochs=hparams["quick"]["epochs"], stopping_step=hparams["quick"]["stopping_step"])
+    checkpoint_dir = tempfile.mkdtemp(prefix="fusionlayer-compat-")
+    overrides["checkpoint_dir"] = checkpoint_dir
+    if args.quick:
+        from fusionlayer.data import default_data_root
+
+        data_root_for_slice = Path(tempfile.mkdtemp(prefix="fusionlayer-slice-"))
+        dataset_name = slice_dataset(args.dataset, data_root or default_data_root(), hparams["quick"]["users"],
+                                     data_root_for_slice)
+        data_root = data_root_for_slice
+    try:
+        config = recbole_config(model_class, dataset_name, data_root=data_root, overrides=overrides)
+        init_seed(seed, True)
+        dataset, train_data, valid_data, test_data = prepare_data(config)
+        needs_features = variant == "fusion" or model_name == "M2SR"
+        tables = load_tables(args.dataset, train_data.dataset, args, hparams) if needs_features else {}
+        init_seed(seed, True)
+        if model_name == "M2SR":
+            model = model_class(config, train_data.dataset, features=tables)
+        else:
+            model = model_class(config, train_data.dataset)
+        if variant == "fusion":
+            fusionlayer.attach(model, tables, dataset=train_data.dataset, **hparams["fusion"])
+        model = model.to(args.device)
+        params = sum(p.numel() for p in model.parameters())
+        fusion_params = fusionlayer.count_parameters(model)["fusion"]
+        trainer = Trainer(config, model)
+        start = time.perf_counter()
+        trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False)
+        train_seconds = time.perf_counter() - start
+        checkpoint = torch.load(trainer.saved_model_file, map_location=args.device, weights_only=False)
+        start = time.perf_counter()
+        recbole_test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+        counts = np.bincount(train_data.dataset.inter_feat[train_data.dataset.iid_field].numpy(),
+                             minlength=train_data.dataset.item_num)
+        valid_ranks = rank_users(model, valid_data, counts, args.device, seed)
+        test_ranks = rank_users(model, test_data, counts, args.device, seed)
+        eval_seconds = time.perf_counter() - start
+    finally:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        if args.quick:
+            shutil.rmtree(data_root, ignore_errors=True)
+    test_metrics = metrics_from_ranks(test_ranks["full"])
+    return {
+        "dataset": args.dataset, "model": model_name, "variant": variant, "seed": seed, "quick": bool(args.quick),
+        "test": summarise(test_ranks), "valid": summarise(valid_ranks),
+        "recbole_test": {k: round(float(v), 6) for k, v in recbole_test.items()},
+        "best_epoch": int(checkpoint["epoch"]), "epochs_run": len(trainer.train_loss_dict),
+        "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
+        "params": int(params), "fusion_params": int(fusion_params),
+        "n_users": int(dataset.user_num - 1), "n_items": int(dataset.item_num - 1), "n_inter": int(len(dataset.inter_feat)),
+        "commit": git_commit(), "torch": torch.__version__, "device": device_name(args.device),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": " ".join(["python", "benchmarks/compat.py", *sys.argv[1:]]),
+        "hparams": {**hparams["common"], **hparams["models"][model_name],
+                    **({"fusion": hparams["fusion"]} if variant == "fusion" else {})},
+        "per_user": {"user": test_ranks["user"].tolist(),
+                     "ndcg@10": [round(float(x), 5) for x in test_metrics["ndcg@10"]],
+                     "target_pop": test_ranks["target_pop"].tolist()},
+    }
+
+
+# ----------------------------------------------------------------------------------- CLI
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ml-100k", help=f"one of {DATASETS}")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
+    parser.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; 0 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="1 epoch on the first 300 users: proves the wiring end to end")
+    parser.add_argument("--out", type=Path, default=None, help="results .jsonl (default benchmarks/results/compat-<dataset>[-quick].jsonl)")
+    parser.add_argument("--data-dir", default=os.environ.get("FUSIONLAYER_DATA"), help="folder holding <dataset>/ (default ../shared/datasets)")
+    parser.add_argument("--cache-dir", default=os.environ.get("FUSIONLAYER_CACHE"), help="feature cache (default ~/.cache/fusionlayer)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    args = parser.parse_args(argv)
+    if args.dataset not in DATASETS:
+        parser.error(f"unknown dataset {args.dataset!r}; choose from {DATASETS}")
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {MODELS}")
+    if args.seeds is None:
+        args.seeds = "0" if args.quick else "0,1,2"
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    if args.out is None:
+        args.out = RESULTS / f"compat-{args.dataset}{'-quick' if args.quick else ''}.jsonl"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for name in ("recbole", "fusionlayer.data", "fusionlayer.encoders", "fusionlayer.adapters"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hparams = load_hparams()
+    git_commit()
+    done = {run_key(r) for r in read_results(args.out)}
+    todo = [(m, v, s) for m, v, s in grid(args.models, args.seeds) if (args.dataset, m, v, s, args.quick) not in done]
+    logger.info("%d runs recorded in %s, %d to do", len(done), args.out, len(todo))
+    for count, (model, variant, seed) in enumerate(todo[: args.max_runs]):
+        logger.info("run %d/%d: %s %s seed %d", count + 1, len(todo), model, variant, seed)
+        row = run_one(model, variant, seed, args, hparams)
+        append_result(args.out, row)
+        logger.info("  test full ndcg@10 %.4f  mrr@10 %.4f  (best epoch %d of %d, %.0f s)", row["test"]["full"]["ndcg@10"],
+                    row["test"]["full"]["mrr@10"], row["best_epoch"], row["epochs_run"], row["train_seconds"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

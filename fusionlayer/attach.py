@@ -1,0 +1,167 @@
+"""attach / detach: bolt a fusion layer onto a RecBole model in place, PEFT-style.
+
+``attach`` validates everything first (a failed call leaves the model untouched), then installs an
+adapter from the registry (keyed by model class, see :func:`list_adapters`) as
+``model.fusion_adapter``, swaps the candidate embeddings for content-aware wrappers and overrides
+the methods that build the user/sequence vector. Fresh output gates are zero, so the attached model
+scores exactly like the base model until it trains. ``detach`` restores the original modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from fusionlayer.features import as_feature_tables
+from fusionlayer.recbole_compat import patch_recbole
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["attach", "detach", "register_adapter", "list_adapters", "get_adapter",
+           "count_parameters", "fusion_state_dict", "load_fusion_state_dict", "is_attached"]
+
+_REGISTRY: dict[type, type] = {}
+
+
+def _default_registry() -> dict[type, type]:
+    if not _REGISTRY:
+        patch_recbole()
+        from recbole.model.general_recommender import BPR
+        from recbole.model.sequential_recommender import FPMC, GRU4Rec, SASRec
+
+        from fusionlayer.adapters import BPRAdapter, FPMCAdapter, GRU4RecAdapter, SASRecAdapter
+
+        _REGISTRY.update({SASRec: SASRecAdapter, GRU4Rec: GRU4RecAdapter, FPMC: FPMCAdapter, BPR: BPRAdapter})
+    return _REGISTRY
+
+
+def register_adapter(model_class: type, adapter_class: type) -> None:
+    """Register ``adapter_class`` (a :class:`fusionlayer.adapters.FusionAdapter`) for ``model_class``."""
+    from fusionlayer.adapters import FusionAdapter
+
+    if not (isinstance(adapter_class, type) and issubclass(adapter_class, FusionAdapter)):
+        raise TypeError(f"adapter_class must subclass fusionlayer.adapters.FusionAdapter, got {adapter_class!r}")
+    _default_registry()[model_class] = adapter_class
+
+
+def list_adapters() -> dict[str, str]:
+    """``{model class name: adapter class name}`` for every registered backbone."""
+    return {model.__name__: adapter.__name__ for model, adapter in _default_registry().items()}
+
+
+def get_adapter(model: nn.Module) -> type:
+    """The adapter class for ``model``: registered (by class, then base classes) or generic sequential."""
+    from recbole.model.abstract_recommender import AbstractRecommender, SequentialRecommender
+
+    from fusionlayer.adapters import GenericSequentialAdapter
+
+    registry = _default_registry()
+    if not isinstance(model, AbstractRecommender):
+        raise TypeError(
+            f"attach() takes a RecBole recommender (recbole.model.abstract_recommender.AbstractRecommender), "
+            f"got {type(model).__name__}; registered adapters: {list_adapters()}"
+        )
+    for cls in type(model).__mro__:
+        if cls in registry:
+            return registry[cls]
+    if isinstance(model, SequentialRecommender) and isinstance(getattr(model, "item_embedding", None), nn.Embedding):
+        try:
+            GenericSequentialAdapter.check_model(model)
+        except TypeError:
+            pass
+        else:
+            warnings.warn(
+                f"{type(model).__name__} has no registered adapter; using the generic sequential adapter "
+                "(item embeddings as the ID stream). Register a dedicated one with fusionlayer.register_adapter.",
+                stacklevel=3,
+            )
+            return GenericSequentialAdapter
+    raise TypeError(
+        f"no adapter for {type(model).__name__}; registered adapters: {list_adapters()}. A sequential model "
+        "with item_embedding and forward(item_seq, item_seq_len) gets the generic adapter."
+    )
+
+
+def is_attached(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "_modules", {}).get("fusion_adapter"), nn.Module)
+
+
+def attach(model: nn.Module, features: Mapping[str, Any], *, dataset: Any = None, freeze_backbone: bool = False,
+           **fusion_options) -> nn.Module:
+    """Bolt a multi-modal fusion layer onto ``model``, in place; returns the same object.
+
+    Args:
+        model: a RecBole model (SASRec, GRU4Rec, FPMC, BPR, or a sequential model with the same
+            contract as SASRec).
+        features: ``{modality: (model.n_items, D)}`` tensors, arrays or aligned feature-store objects,
+            one row per RecBole internal item id (row 0 = padding id).
+        dataset: the training dataset (``train_data.dataset``); required for BPR, whose batches carry
+            no history.
+        freeze_backbone: train only the fusion parameters.
+        **fusion_options: :class:`~fusionlayer.FusionConfig` fields for the history fusion
+            (``hidden_size``, ``num_layers``, ``dropout``, ...); ``max_seq_length`` defaults to the model's.
+
+    Raises:
+        TypeError: not a RecBole model, or no adapter fits. ValueError: already attached, bad features
+        (row count, NaN/Inf), missing ``dataset`` for BPR, invalid fusion options.
+    """
+    if is_attached(model):
+        raise ValueError(f"{type(model).__name__} already has a fusion layer attached; call fusionlayer.detach(model) first")
+    adapter_class = get_adapter(model)
+    if not hasattr(model, "n_items"):
+        raise TypeError(f"{type(model).__name__} has no n_items; attach() needs a RecBole model built on a dataset")
+    tables = as_feature_tables(features, model.n_items)
+    if not tables:
+        raise ValueError("features is empty; give at least one modality, e.g. {'text': T}")
+    if "id" in tables:
+        raise ValueError("the modality name 'id' is reserved for the item-ID stream; rename that feature table")
+    adapter_class.check_model(model, dataset=dataset)
+    adapter = adapter_class(model, tables, fusion_options=fusion_options, dataset=dataset)  # changes nothing yet
+    reference = next(model.parameters())
+    adapter.to(device=reference.device, dtype=reference.dtype)  # float tensors only; ids stay int
+    adapter.frozen = {}
+    if freeze_backbone:
+        adapter.frozen = {name: p.requires_grad for name, p in model.named_parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+    adapter.install(model)
+    return model
+
+
+def detach(model: nn.Module) -> nn.Module:
+    """Remove the fusion layer; the original modules, methods and ``requires_grad`` flags come back."""
+    if not is_attached(model):
+        raise ValueError(f"{type(model).__name__} has no fusion layer attached; nothing to detach")
+    adapter = model.fusion_adapter
+    adapter.uninstall(model)
+    for name, p in model.named_parameters():
+        if name in adapter.frozen:
+            p.requires_grad_(adapter.frozen[name])
+    return model
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """``{"trainable", "total", "fusion"}`` parameter counts."""
+    params = list(model.parameters())
+    fusion = sum(p.numel() for p in model.fusion_adapter.parameters()) if is_attached(model) else 0
+    return {"trainable": sum(p.numel() for p in params if p.requires_grad),
+            "total": sum(p.numel() for p in params), "fusion": fusion}
+
+
+def fusion_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the fusion weights (no backbone, no feature tables)."""
+    if not is_attached(model):
+        raise ValueError(f"{type(model).__name__} has no fusion layer attached")
+    return {k: v.detach().clone() for k, v in model.fusion_adapter.state_dict().items()}
+
+
+def load_fusion_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load weights saved by :func:`fusion_state_dict` into an attached model (strict)."""
+    if not is_attached(model):
+        raise ValueError(f"attach a fusion layer to {type(model).__name__} before loading fusion weights")
+    model.fusion_adapter.load_state_dict(state_dict, strict=True)
+    return model

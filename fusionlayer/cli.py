@@ -1,0 +1,147 @@
+"""Command line: ``fusionlayer encode | demo | bench``.
+
+    fusionlayer encode --dataset ml-100k --modality text [--encoder minilm] [--data-dir DIR] [--cache-dir DIR]
+    fusionlayer demo [--epochs 2]
+    fusionlayer bench compat [--quick] ...      (runs benchmarks/compat.py from the source checkout)
+    fusionlayer bench scaling [--quick] ...     (runs benchmarks/scaling.py)
+
+Environment (read here only, never by the library): ``FUSIONLAYER_DATA`` (datasets root, default
+``../shared/datasets``), ``FUSIONLAYER_CACHE`` (feature cache, default ``~/.cache/fusionlayer``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import runpy
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from fusionlayer.encoders.presets import PRESETS
+
+__all__ = ["main"]
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from fusionlayer.encoders import encode_items
+
+    options = {"batch_size": args.batch_size, "device": args.device, "progress": not args.no_progress}
+    if args.modality == "text":
+        options["local_files_only"] = not args.download
+    start = time.perf_counter()
+    result = encode_items(args.dataset, args.modality, args.encoder, data_root=args.data_dir,
+                          cache_dir=args.cache_dir, **options)
+    stats, content = result.stats, result.stats.get("content", {})
+    print(f"{args.dataset} {args.modality} with {result.meta['encoder']}: {len(result.tokens)} items x {result.dim} "
+          f"({'cache hit' if stats['hit'] else 'encoded ' + str(stats['encoded'])}, reused {stats['reused']}, "
+          f"missing {stats['missing']}) in {time.perf_counter() - start:.2f} s")
+    print(f"  content: {content}")
+    for token, reason in stats["failures"][:10]:
+        print(f"  item {token}: {reason}")
+    if len(stats["failures"]) > 10:
+        print(f"  ... and {len(stats['failures']) - 10} more missing inputs")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Encode ML-100K content (cached), then train M2SR and SASRec + fusion briefly, print test scores."""
+    import torch
+
+    import fusionlayer
+    from fusionlayer.data.recbole_data import prepare_data, recbole_config
+    from fusionlayer.encoders import load_features
+
+    fusionlayer.patch_recbole()
+    from recbole.model.sequential_recommender import SASRec
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    results = {}
+    for name in ("M2SR", "SASRec+fusion"):
+        model_class = fusionlayer.M2SR if name == "M2SR" else SASRec
+        config = recbole_config(model_class, "ml-100k", data_root=args.data_dir, overrides={
+            "epochs": args.epochs, "hidden_size": 64, "n_layers": 2, "n_heads": 2, "inner_size": 256,
+            "train_batch_size": 2048, "seed": 0, "checkpoint_dir": str(Path(args.workdir) / "saved")})
+        init_seed(0, True)
+        dataset, train_data, valid_data, test_data = prepare_data(config)
+        features = load_features("ml-100k", train_data.dataset, data_root=args.data_dir, cache_dir=args.cache_dir)
+        tables = {m: f.features for m, f in features.items()}
+        print(f"{name}: {dataset.user_num - 1} users, {dataset.item_num - 1} items; features "
+              + ", ".join(f"{m} {tuple(t.shape)}" for m, t in tables.items()))
+        init_seed(0, True)
+        if name == "M2SR":
+            model = fusionlayer.M2SR(config, train_data.dataset, features=tables)
+        else:
+            model = fusionlayer.attach(SASRec(config, train_data.dataset), tables)
+        trainer = Trainer(config, model)
+        start = time.perf_counter()
+        trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False)
+        test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+        results[name] = dict(test)
+        print(f"{name}: {args.epochs} epochs in {time.perf_counter() - start:.0f} s, params "
+              f"{fusionlayer.count_parameters(model)}; test " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
+    torch.set_printoptions(precision=4)
+    return 0
+
+
+def _bench(args: argparse.Namespace, rest: list[str]) -> int:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.which}.py"
+    if not script.is_file():
+        print(f"benchmarks/{args.which}.py ships with the source checkout, not the wheel; "
+              "clone the repository and run it there", file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *rest]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusionlayer", description="Multi-modal fusion for sequential recommenders.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    data_default, cache_default = os.environ.get("FUSIONLAYER_DATA"), os.environ.get("FUSIONLAYER_CACHE")
+
+    presets = "\n".join(f"  {name:18s} {modality:5s} {text}" for name, (modality, text) in PRESETS.items())
+    enc = sub.add_parser("encode", help="encode item text or images into the feature cache",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=f"encoder presets:\n{presets}\nor a model name/path: text: a transformers hub name "
+                                "or local directory; image: timm:<model>[@<checkpoint>] or open_clip:<model>[@<tag|checkpoint>]")
+    enc.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
+    enc.add_argument("--modality", required=True, choices=["text", "image"])
+    enc.add_argument("--encoder", default=None, help="preset or model name/path (default: minilm for text, effnet-lite0 for image)")
+    enc.add_argument("--data-dir", default=data_default, help="folder holding <dataset>/ (default ../shared/datasets)")
+    enc.add_argument("--cache-dir", default=cache_default, help="feature cache root (default ~/.cache/fusionlayer)")
+    enc.add_argument("--batch-size", type=int, default=32)
+    enc.add_argument("--device", default="cpu")
+    enc.add_argument("--download", action="store_true", help="allow hub downloads for text models (default: offline, fail fast)")
+    enc.add_argument("--no-progress", action="store_true")
+
+    demo = sub.add_parser("demo", help="short real run on ML-100K: M2SR and SASRec + fusion")
+    demo.add_argument("--epochs", type=int, default=2)
+    demo.add_argument("--data-dir", default=data_default)
+    demo.add_argument("--cache-dir", default=cache_default)
+    demo.add_argument("--workdir", default=".", help="where RecBole writes its checkpoints (saved/)")
+
+    bench = sub.add_parser("bench", help="run a benchmark script (compat or scaling); other options pass through")
+    bench.add_argument("which", choices=["compat", "scaling"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "bench" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if args.command == "encode":
+        return _encode(args)
+    if args.command == "demo":
+        return _demo(args)
+    return _bench(args, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""MovieLens-100K / 1M as RecBole atomic files plus item content (title, genres, plot, poster).
+
+Layout of a dataset folder ``<root>/<name>/`` (RecBole's ``data_path`` is ``<root>``)::
+
+    <name>.inter   user_id:token item_id:token rating:float timestamp:float
+    <name>.item    item_id:token movie_title:token_seq release_year:token class:token_seq
+    items.csv      optional: movie_id,title,...,overview,... (TMDB plot text)
+    posters/<item_id>.jpg   optional
+
+Where no local copy exists, :func:`ensure_dataset` downloads the official GroupLens archive,
+checks its MD5 (GroupLens publishes one per archive), extracts it into a temporary folder and
+converts it, then renames the finished folder into place, so a crash never leaves half a dataset.
+
+Item content rules (each case counted and logged by :func:`load_item_content`):
+
+* text = ``"{title}. Genres: {g1}, {g2}. {plot}"`` (:func:`item_text`); genres and plot are left
+  out when absent; an item whose title and plot are both empty has no text (``text=None``).
+* ``items.csv`` lists some ids twice (55 in ML-100K, identical rows): the first row wins.
+* an empty plot keeps the title-and-genres text.
+* a missing poster file is a missing value (``poster=None``), never an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DATASETS", "ItemContent", "default_data_root", "ensure_dataset", "item_text", "load_item_content"]
+
+# name -> GroupLens archive, its published MD5, and the folder inside the zip.
+DATASETS = {
+    "ml-100k": {"url": "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+                "md5": "0e33842e24a9c977be4e0107933c0723", "folder": "ml-100k"},
+    "ml-1m": {"url": "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
+              "md5": "c4d9eecfca2ab87c1945afe126590906", "folder": "ml-1m"},
+}
+GENRES_100K = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+               "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+               "War", "Western"]
+
+
+def default_data_root() -> Path:
+    """``../shared/datasets`` next to the project checkout (or the working directory)."""
+    candidates = [Path.cwd() / ".." / "shared" / "datasets", Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    return candidates[0].resolve()
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_dataset(name: str, data_root: str | Path | None = None, *, archive: str | Path | None = None,
+                   url: str | None = None, md5: str | None = None) -> Path:
+    """Return ``<data_root>/<name>`` with ``<name>.inter`` and ``<name>.item``, creating it if needed.
+
+    Args:
+        name: ``"ml-100k"`` or ``"ml-1m"``.
+        data_root: folder holding dataset folders; default :func:`default_data_root`.
+        archive: a local GroupLens zip to convert instead of downloading.
+        url, md5: override the archive address and checksum (tests use a zip they build).
+    """
+    _check_name(name)
+    root = Path(data_root) if data_root is not None else default_data_root()
+    target = root / name
+    if (target / f"{name}.inter").is_file():
+        return target
+    spec = DATASETS[name]
+    expected_md5 = md5 or spec["md5"]
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-") as tmp:
+        tmp = Path(tmp)
+        if archive is None:
+            archive = tmp / f"{name}.zip"
+            logger.info("downloading %s to %s", url or spec["url"], archive)
+            try:
+                urllib.request.urlretrieve(url or spec["url"], archive)
+            except OSError as exc:
+                raise RuntimeError(
+                    f"no local copy of {name} under {root} and the download from {url or spec['url']} failed ({exc}); "
+                    f"place the RecBole atomic files in {target} or pass archive=<path to {name}.zip>"
+                ) from exc
+        archive = Path(archive)
+        if _md5(archive) != expected_md5:
+            raise ValueError(f"{archive} has MD5 {_md5(archive)}, expected {expected_md5}: a corrupt or different archive; delete it and retry")
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp / "raw")
+        out = tmp / name
+        out.mkdir()
+        _convert(name, tmp / "raw" / spec["folder"], out)
+        os.replace(out, target)  # atomic: the folder appears complete or not at all
+    return target
+
+
+def _convert(name: str, raw: Path, out: Path) -> None:
+    if name == "ml-100k":
+        ratings = (line.split("\t") for line in (raw / "u.data").read_text().splitlines() if line)
+        items = []
+        for line in (raw / "u.item").read_text(encoding="latin-1").splitlines():
+            if not line:
+                continue
+            parts = line.split("|")
+            title, year = _split_title(parts[1])
+            genres = [g for g, flag in zip(GENRES_100K, parts[5:24]) if flag == "1"]
+            items.append((parts[0], title, year, " ".join(genres)))
+    else:
+        ratings = (line.split("::") for line in (raw / "ratings.dat").read_text().splitlines() if line)
+        items = []
+        for line in (raw / "movies.dat").read_text(encoding="latin-1").splitlines():
+            if not line:
+                continue
+            movie_id, raw_title, genres = line.split("::")
+            title, year = _split_title(raw_title)
+            items.append((movie_id, title, year, " ".join(genres.split("|"))))
+    with open(out / f"{name}.inter", "w") as f:
+        f.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
+        for user, item, rating, ts in ratings:
+            f.write(f"{user}\t{item}\t{rating}\t{ts.strip()}\n")
+    with open(out / f"{name}.item", "w") as f:
+        f.write("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n")
+        for row in items:
+            f.write("\t".join(row) + "\n")
+
+
+def _split_title(raw: str) -> tuple[str, str]:
+    raw = raw.strip()
+    if raw.endswith(")") and "(" in raw and raw[-5:-1].isdigit():
+        return raw[: raw.rindex("(")].strip(), raw[-5:-1]
+    return raw, ""
+
+
+@dataclass(frozen=True)
+class ItemContent:
+    """Raw content of one item, keyed by its dataset token (the original item id)."""
+
+    token: str
+    text: str | None  # None: nothing to encode
+    poster: Path | None  # None: no poster file
+
+
+def item_text(title: str, genres: list[str], plot: str) -> str | None:
+    """The documented text template: ``"{title}. Genres: {g1}, {g2}. {plot}"``; None if no title and no plot."""
+    title, plot = title.strip(), plot.strip()
+    if not title and not plot:
+        return None
+    head = ". ".join(p for p in (title.rstrip("."), "Genres: " + ", ".join(genres) if genres else "") if p)
+    return f"{head}. {plot}" if head and plot else head or plot
+
+
+def load_item_content(name: str, data_root: str | Path | None = None) -> tuple[list[ItemContent], dict[str, int]]:
+    """Read every item's text and poster path, in the order of ``<name>.item``.
+
+    Returns:
+        The items, and counts of duplicate ``items.csv`` rows, empty plots, items without text and
+        missing posters (also logged).
+    """
+    folder = ensure_dataset(name, data_root)
+    plots: dict[str, str] = {}
+    duplicates = 0
+    csv_path = folder / "items.csv"
+    if csv_path.is_file():
+        with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
+            for row in csv.DictReader(f):
+                token = (row.get("movie_id") or "").strip()
+                if token in plots:
+                    duplicates += 1
+                    continue
+                plots[token] = (row.get("overview") or "").strip()
+    contents, counts = [], {"items": 0, "duplicate_csv_rows": duplicates, "empty_plot": 0, "no_text": 0, "no_poster": 0}
+    with open(folder / f"{name}.item", encoding="utf-8", errors="replace") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        columns = {col.split(":")[0]: i for i, col in enumerate(header)}
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if not parts or not parts[0]:
+                continue
+            get = lambda key: parts[columns[key]] if key in columns and columns[key] < len(parts) else ""  # noqa: E731
+            token = parts[columns.get("item_id", 0)]
+            title, year = get("movie_title").strip(), get("release_year").strip()
+            plot = plots.get(token, "")
+            counts["empty_plot"] += not plot
+            text = item_text(f"{title} ({year})" if title and year else title, get("class").split(), plot)
+            counts["no_text"] += text is None
+            poster = folder / "posters" / f"{token}.jpg"
+            poster = poster if poster.is_file() else None
+            counts["no_poster"] += poster is None
+            counts["items"] += 1
+            contents.append(ItemContent(token=token, text=text, poster=poster))
+    logger.info("%s item content: %s", name, counts)
+    return contents, counts

@@ -1,0 +1,234 @@
+"""On-disk feature cache: one matrix per (dataset, modality, encoder), keyed by item token.
+
+Files under ``<cache_dir>/<dataset>/<modality>/<encoder>/``:
+
+* ``features-<sha>.npy``: float32 ``(n_tokens, D)``, one row per item token (the dataset's original id);
+* ``present-<sha>.npy``: bool ``(n_tokens,)``, False where the item had no usable input;
+* ``meta.json``: encoder name, weights fingerprint, dim, dtype, the token list and its checksum,
+  one input checksum per token, the names and SHA-256 of both ``.npy`` files, creation time.
+
+Every file is written to a temporary name and renamed into place; the ``.npy`` files carry their
+checksum in their name and ``meta.json`` is replaced last, so a crash at any point leaves the
+previous entry whole (files no meta points to are removed after the next successful write). A request whose encoder, weights and inputs all match is
+a cache hit, loaded memory-mapped after a checksum check; a corrupt file or changed input is
+detected and re-encoded, and when the catalogue grows only the new or changed items are encoded.
+
+Rows are keyed by token, not by RecBole's internal id, because filtering (e.g. 5-core) renumbers
+items: :meth:`CachedFeatures.align` maps them onto a given RecBole dataset via
+``dataset.field2id_token``, so one cache serves every filtering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from fusionlayer.encoders.base import Encoder, file_sha256
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FeatureStore", "CachedFeatures", "AlignedFeatures", "atomic_write_bytes"]
+
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _tokens_checksum(tokens: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(tokens).encode()).hexdigest()
+
+
+@dataclass
+class AlignedFeatures:
+    """Features aligned to a RecBole dataset: row i = internal item id i, row 0 (padding) zeros."""
+
+    features: torch.Tensor  # (item_num, D) float32
+    present: torch.Tensor  # (item_num,) bool
+    missing_tokens: int  # dataset items the cache has no row for (zero rows, present False)
+
+
+@dataclass
+class CachedFeatures:
+    """One cache entry: token-keyed rows plus what the request did."""
+
+    tokens: list[str]
+    features: np.ndarray  # (n_tokens, D) float32, memory-mapped on a hit
+    present: np.ndarray  # (n_tokens,) bool
+    meta: dict[str, Any]
+    stats: dict[str, Any] = field(default_factory=dict)  # encoded, reused, hit, missing, seconds, ...
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def row_of(self, token: str) -> int:
+        return self._index()[token]
+
+    def _index(self) -> dict[str, int]:
+        if not hasattr(self, "_token_index"):
+            self._token_index = {t: i for i, t in enumerate(self.tokens)}
+        return self._token_index
+
+    def align(self, dataset: Any, field_name: str | None = None) -> AlignedFeatures:
+        """Rows in RecBole's internal item-id order for ``dataset`` (``dataset.item_num`` rows).
+
+        Args:
+            dataset: a RecBole ``Dataset`` (uses ``field2id_token``), or a sequence of tokens whose
+                index is the internal id (index 0 = padding).
+            field_name: the item-id field; default ``dataset.iid_field``.
+        """
+        if hasattr(dataset, "field2id_token"):
+            id_tokens = dataset.field2id_token[field_name or dataset.iid_field]
+        else:
+            id_tokens = list(dataset)
+        index = self._index()
+        rows = np.array([index.get(str(t), -1) if i > 0 else -1 for i, t in enumerate(id_tokens)])
+        known = rows >= 0
+        features = np.zeros((len(id_tokens), self.dim), np.float32)
+        present = np.zeros(len(id_tokens), bool)
+        features[known] = self.features[rows[known]]
+        present[known] = self.present[rows[known]]
+        missing = int((~known[1:]).sum())
+        if missing:
+            logger.warning("%d of %d dataset items have no cached row; they get zero features (present=False)",
+                           missing, len(id_tokens) - 1)
+        return AlignedFeatures(torch.from_numpy(features), torch.from_numpy(present), missing)
+
+
+class FeatureStore:
+    """Encode item content once, keep it on disk, serve it to any RecBole dataset.
+
+    Args:
+        cache_dir: root folder of the cache.
+    """
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.cache_dir = Path(cache_dir)
+
+    def entry_dir(self, dataset: str, modality: str, encoder: Encoder) -> Path:
+        return self.cache_dir / dataset / modality / encoder.name.replace("/", "_")
+
+    def _load_entry(self, folder: Path, encoder: Encoder) -> CachedFeatures | None:
+        meta_path = folder / "meta.json"
+        if not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if (meta.get("format") != FORMAT_VERSION or meta["encoder"] != encoder.name
+                    or meta["fingerprint"] != encoder.fingerprint):
+                logger.info("cache %s was made by another encoder or weights; re-encoding", folder)
+                return None
+            paths = {kind: folder / name for kind, name in meta["files"].items()}
+            for kind, path in paths.items():
+                if file_sha256(path) != meta["sha256"][kind]:
+                    raise ValueError(f"{path.name} does not match its checksum in meta.json")
+            features = np.load(paths["features"], mmap_mode="r", allow_pickle=False)
+            present = np.load(paths["present"], allow_pickle=False)
+            if features.shape != (len(meta["tokens"]), meta["dim"]) or present.shape != (len(meta["tokens"]),):
+                raise ValueError(f"shape {features.shape} does not match meta.json")
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            logger.warning("cache %s is corrupt (%s); re-encoding", folder, exc)
+            return None
+        return CachedFeatures(list(meta["tokens"]), features, present, meta)
+
+    def get(self, dataset: str, modality: str, encoder: Encoder, tokens: Sequence[str],
+            inputs: Sequence[Any]) -> CachedFeatures:
+        """Return features for ``tokens``, encoding only what the cache lacks or what changed.
+
+        Args:
+            dataset: dataset name (part of the cache path).
+            modality: ``"text"`` or ``"image"``.
+            encoder: the encoder (name and fingerprint are part of the key).
+            tokens: item tokens (original ids), one per input.
+            inputs: raw inputs (texts or image paths; None = missing).
+        """
+        if len(tokens) != len(inputs):
+            raise ValueError(f"got {len(tokens)} tokens but {len(inputs)} inputs; give one input per token")
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("tokens must be unique; deduplicate the item list first")
+        start = time.perf_counter()
+        folder = self.entry_dir(dataset, modality, encoder)
+        tokens = [str(t) for t in tokens]
+        keys = [encoder.input_key(x) for x in inputs]
+        cached = self._load_entry(folder, encoder)
+        if cached is not None:
+            old_rows = {t: i for i, t in enumerate(cached.tokens)}
+            old_key_of = dict(zip(cached.tokens, cached.meta["input_keys"]))
+            todo = [i for i, (t, k) in enumerate(zip(tokens, keys)) if old_key_of.get(t) != k]
+            if not todo and cached.tokens == tokens:
+                cached.stats = {"hit": True, "encoded": 0, "reused": len(tokens),
+                                "missing": int((~cached.present).sum()), "failures": [],
+                                "seconds": time.perf_counter() - start}
+                return cached
+        else:
+            todo = list(range(len(tokens)))
+        todo_set = set(todo)
+        encoded, encoded_present = encoder.encode([inputs[i] for i in todo])
+        failures = [(tokens[todo[j]], reason) for j, reason in encoder.failures]
+        for token, reason in failures:
+            logger.info("%s %s item %s: %s (zero row, present=False)", dataset, modality, token, reason)
+        dim = encoded.shape[1] if todo else cached.dim
+        features = np.zeros((len(tokens), dim), np.float32)
+        present = np.zeros(len(tokens), bool)
+        for i, token in enumerate(tokens):
+            if i not in todo_set:
+                features[i] = cached.features[old_rows[token]]
+                present[i] = cached.present[old_rows[token]]
+        features[todo] = encoded
+        present[todo] = encoded_present
+        self._write(folder, encoder, tokens, keys, features, present)
+        result = self._load_entry(folder, encoder)
+        result.stats = {"hit": False, "encoded": len(todo), "reused": len(tokens) - len(todo),
+                        "missing": int((~present).sum()), "failures": failures,
+                        "seconds": time.perf_counter() - start}
+        return result
+
+    def _write(self, folder: Path, encoder: Encoder, tokens: list[str], keys: list[str],
+               features: np.ndarray, present: np.ndarray) -> None:
+        blobs = {"features": _npy_bytes(features), "present": _npy_bytes(present)}
+        sha = {kind: hashlib.sha256(blob).hexdigest() for kind, blob in blobs.items()}
+        files = {kind: f"{kind}-{sha[kind][:16]}.npy" for kind in blobs}
+        for kind, blob in blobs.items():
+            atomic_write_bytes(folder / files[kind], blob)
+        meta = {
+            "format": FORMAT_VERSION, "encoder": encoder.name, "fingerprint": encoder.fingerprint,
+            "dim": int(features.shape[1]), "dtype": "float32", "n_items": len(tokens),
+            "tokens_sha256": _tokens_checksum(tokens), "tokens": tokens, "input_keys": keys,
+            "files": files, "sha256": sha,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        atomic_write_bytes(folder / "meta.json", json.dumps(meta).encode())
+        for stale in folder.glob("*.npy"):
+            if stale.name not in files.values():
+                stale.unlink(missing_ok=True)

@@ -1,0 +1,83 @@
+"""Validation of per-item feature tables handed to a model (once, not in every forward pass).
+
+A table has one row per RecBole internal item id, ``(dataset.item_num, D)``; row 0 is RecBole's
+padding id. Accepted values: a ``torch.Tensor``, a ``numpy.ndarray``, or any object with a
+``features`` attribute holding one (e.g. :class:`fusionlayer.encoders.cache.AlignedFeatures`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+__all__ = ["as_feature_tables"]
+
+_ENCODE_HINT = "re-encode with: fusionlayer encode --dataset <name> --modality {name}"
+
+
+def _as_tensor(name: str, value: Any) -> torch.Tensor:
+    value = getattr(value, "features", value)
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.asarray(value))
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"features[{name!r}] must be a torch.Tensor, numpy array or feature-store object, "
+            f"got {type(value).__name__}"
+        )
+    if not value.is_floating_point():
+        raise TypeError(f"features[{name!r}] must be floating point, got {value.dtype}")
+    return value
+
+
+def as_feature_tables(
+    features: Mapping[str, Any],
+    n_items: int,
+    *,
+    expected_dims: Mapping[str, int] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
+    """Check and convert ``{name: (n_items, D)}`` tables; raise before anything is changed.
+
+    Args:
+        features: modality name -> table.
+        n_items: the model's ``n_items`` (RecBole's ``dataset.item_num``, padding id 0 included).
+        expected_dims: if given, the exact modality names and widths required.
+        dtype: the dtype of the returned tensors.
+
+    Raises:
+        TypeError: a value is not a float tensor/array, or ``features`` is not a mapping.
+        ValueError: wrong rank, row count or width, unexpected names, NaN/Inf values.
+    """
+    if not isinstance(features, Mapping):
+        raise TypeError(f"features must be a dict {{modality: (n_items, D) tensor}}, got {type(features).__name__}")
+    if expected_dims is not None and set(features) != set(expected_dims):
+        raise ValueError(
+            f"expected modalities {sorted(expected_dims)}, got {sorted(features)} "
+            f"(missing: {sorted(set(expected_dims) - set(features))}, unexpected: {sorted(set(features) - set(expected_dims))})"
+        )
+    tables = {}
+    for name, value in features.items():
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"modality names must be non-empty strings without '.', got {name!r}")
+        table = _as_tensor(name, value)
+        if table.dim() != 2:
+            raise ValueError(f"features[{name!r}] must have shape (n_items, D), got {tuple(table.shape)}")
+        if table.shape[0] != n_items:
+            raise ValueError(
+                f"features[{name!r}] has {table.shape[0]:,} rows but the model's dataset has {n_items:,} item ids "
+                f"(padding id 0 included); align the features to this dataset "
+                f"(FeatureStore.align(dataset)) or {_ENCODE_HINT.format(name=name)}"
+            )
+        if expected_dims is not None and table.shape[1] != expected_dims[name]:
+            raise ValueError(f"features[{name!r}] has width {table.shape[1]}, expected {expected_dims[name]}")
+        finite = torch.isfinite(table).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()[:5].tolist()
+            raise ValueError(
+                f"features[{name!r}] has {int((~finite).sum())} rows with NaN/Inf values (first item ids: {bad}); "
+                f"{_ENCODE_HINT.format(name=name)}, or zero those rows and mark them missing"
+            )
+        tables[name] = table.detach().to(dtype).contiguous()
+    return tables

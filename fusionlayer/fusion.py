@@ -1,0 +1,228 @@
+"""FeatureFusionLayer: the Feature Mixer Layer (paper Eq. 1) and Fusion Mixer Layer (Eq. 2).
+
+Each modality stream (item-ID embeddings, image features, text features of the items in a
+history) is projected to ``hidden_size`` and mixed by its own stack of Mixer blocks; the streams
+are concatenated, projected back to ``hidden_size`` by a Linear and mixed again by the fusion
+Mixer. The token-mixing width is fixed, so time and memory are linear in the sequence length L.
+
+Padding: any mask layout is accepted (RecBole pads on the right). Each sequence is first re-aligned
+by a stable sort of its mask so its real items keep their order and end at position L - 1, padded
+positions come first and are zeroed after every normalisation and residual. Position-specific
+token weights therefore always see the newest item at the same index, and content at padded
+positions cannot reach a real position. Outputs are returned in the input layout, zero at padded
+positions.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from fusionlayer.config import FusionConfig
+from fusionlayer.layers import MixerBlock
+
+__all__ = ["FeatureFusionLayer"]
+
+
+def _mixer_stack(config: FusionConfig, depth: int) -> nn.ModuleList:
+    return nn.ModuleList(
+        MixerBlock(
+            config.hidden_size,
+            config.max_seq_length,
+            token_hidden_size=config.token_hidden_size,
+            channel_hidden_size=config.channel_hidden_size,
+            dropout=config.dropout,
+            layer_norm_eps=config.layer_norm_eps,
+        )
+        for _ in range(depth)
+    )
+
+
+class FeatureFusionLayer(nn.Module):
+    """Per-modality Mixers followed by a fusion Mixer; ``(B, L, D_m)`` streams -> ``(B, L, H)``.
+
+    Args:
+        modality_dims: ``{name: D_m}``, any number of modalities with any names.
+        hidden_size: H, the width of every stream and of the output.
+        max_seq_length: the longest L accepted.
+        config: a complete :class:`FusionConfig` instead of the keywords (then give nothing else).
+        **kwargs: any other :class:`FusionConfig` field (num_layers, dropout, ...).
+
+    Example::
+
+        layer = FeatureFusionLayer(modality_dims={"id": 64, "text": 384}, hidden_size=64, max_seq_length=50)
+        out = layer({"id": ids, "text": text}, mask)  # (B, L, 64), mask: (B, L) bool, True = real item
+    """
+
+    def __init__(
+        self,
+        modality_dims: Mapping[str, int] | None = None,
+        hidden_size: int = 64,
+        max_seq_length: int = 50,
+        *,
+        config: FusionConfig | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        if config is None:
+            config = FusionConfig(
+                modality_dims=dict(modality_dims or {}), hidden_size=hidden_size,
+                max_seq_length=max_seq_length, **kwargs,
+            )
+        elif modality_dims is not None or kwargs:
+            raise TypeError("pass either config=FusionConfig(...) or keyword arguments, not both")
+        self.config = config
+        H = config.hidden_size
+        self.projections = nn.ModuleDict(
+            {name: nn.Sequential(nn.LayerNorm(dim, eps=config.layer_norm_eps), nn.Linear(dim, H))
+             for name, dim in config.modality_dims.items()}
+        )
+        self.mixers = nn.ModuleDict({name: _mixer_stack(config, config.num_layers) for name in config.modality_dims})
+        self.norms = nn.ModuleDict({name: nn.LayerNorm(H, eps=config.layer_norm_eps) for name in config.modality_dims})
+        self.fuse = nn.Linear(len(config.modality_dims) * H, H)
+        self.fusion_mixers = _mixer_stack(config, config.num_fusion_layers)
+        self.fusion_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.drop = nn.Dropout(config.dropout)
+
+    @property
+    def modality_names(self) -> list[str]:
+        return list(self.config.modality_dims)
+
+    # ------------------------------------------------------------------ validation (shapes only)
+    def _check_mask(self, mask: torch.Tensor) -> tuple[int, int]:
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor of shape (B, L) and dtype bool, got {type(mask).__name__}")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must have dtype torch.bool (True = real item), got {mask.dtype}; use mask.bool()")
+        if mask.dim() != 2:
+            raise ValueError(f"mask must have shape (B, L), got {tuple(mask.shape)}")
+        B, L = mask.shape
+        if L > self.config.max_seq_length:
+            raise ValueError(
+                f"sequence length {L} exceeds max_seq_length={self.config.max_seq_length}; truncate the "
+                "sequences to their newest items or build the layer with a larger max_seq_length"
+            )
+        return B, L
+
+    def _check_keys(self, given: set[str]) -> None:
+        expected = set(self.config.modality_dims)
+        if given != expected:
+            raise ValueError(
+                f"expected modalities {sorted(expected)}, got {sorted(given)} "
+                f"(missing: {sorted(expected - given)}, unexpected: {sorted(given - expected)})"
+            )
+
+    def _check_width(self, name: str, x: torch.Tensor, what: str) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{what}[{name!r}] must be a torch.Tensor, got {type(x).__name__}")
+        if x.shape[-1] != self.config.modality_dims[name]:
+            raise ValueError(
+                f"{what}[{name!r}] has {x.shape[-1]} features in its last dimension, but the layer was "
+                f"built with modality_dims[{name!r}]={self.config.modality_dims[name]}"
+            )
+
+    # ------------------------------------------------------------------ forward paths
+    def forward(self, features: Mapping[str, torch.Tensor], mask: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        """Fuse per-position modality features.
+
+        Args:
+            features: ``{name: (B, L, D_name)}`` for exactly the configured modalities.
+            mask: ``(B, L)`` bool, True at real items.
+            last_only: return only the output at each sequence's newest real item, ``(B, H)``.
+
+        Returns:
+            ``(B, L, H)`` (zeros at padded positions), or ``(B, H)`` with ``last_only``.
+        """
+        B, L = self._check_mask(mask)
+        self._check_keys(set(features))
+        for name, x in features.items():
+            self._check_width(name, x, "features")
+            if x.dim() != 3 or x.shape[:2] != (B, L):
+                raise ValueError(f"features[{name!r}] must have shape (B={B}, L={L}, D), got {tuple(x.shape)}")
+        order, aligned_mask = self._align(mask)
+        streams = {name: torch.take_along_dim(self.projections[name](x), order.unsqueeze(-1), dim=1)
+                   for name, x in features.items()}
+        return self._finish(self._mix(streams, aligned_mask), order, last_only)
+
+    def forward_items(
+        self,
+        item_seq: torch.Tensor,
+        tables: Mapping[str, torch.Tensor],
+        *,
+        sequences: Mapping[str, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Fuse the histories ``item_seq`` given per-item feature tables.
+
+        Each table is projected once, ``(N, D) -> (N, H)``, and then indexed by the sequence: the
+        projection is per item, so this equals projecting every gathered row, at a fraction of the
+        cost when B * L > N.
+
+        Args:
+            item_seq: ``(B, L)`` item ids indexing the tables' rows.
+            tables: ``{name: (N, D_name)}`` per-item features.
+            sequences: ``{name: (B, L, D_name)}`` streams that are already per position (e.g. a
+                backbone's own sequence output). Tables and sequences together must cover exactly
+                the configured modalities.
+            mask: ``(B, L)`` bool; default ``item_seq != 0`` (RecBole's padding id).
+            last_only: see :meth:`forward`.
+        """
+        sequences = dict(sequences or {})
+        if not isinstance(item_seq, torch.Tensor) or item_seq.dim() != 2 or item_seq.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"item_seq must be an integer tensor of shape (B, L), got {getattr(item_seq, 'dtype', type(item_seq))} "
+                            f"{tuple(getattr(item_seq, 'shape', ()))}")
+        if mask is None:
+            mask = item_seq != 0
+        B, L = self._check_mask(mask)
+        if item_seq.shape != mask.shape:
+            raise ValueError(f"item_seq {tuple(item_seq.shape)} and mask {tuple(mask.shape)} must have the same shape")
+        both = set(tables) & set(sequences)
+        if both:
+            raise ValueError(f"modalities {sorted(both)} were given both as tables and as sequences; give each once")
+        self._check_keys(set(tables) | set(sequences))
+        for name, table in tables.items():
+            self._check_width(name, table, "tables")
+        for name, x in sequences.items():
+            self._check_width(name, x, "sequences")
+            if x.dim() != 3 or x.shape[:2] != (B, L):
+                raise ValueError(f"sequences[{name!r}] must have shape (B={B}, L={L}, D), got {tuple(x.shape)}")
+        order, aligned_mask = self._align(mask)
+        aligned_seq = item_seq.gather(1, order)
+        streams = {name: self.projections[name](table)[aligned_seq] for name, table in tables.items()}
+        streams.update({name: torch.take_along_dim(self.projections[name](x), order.unsqueeze(-1), dim=1)
+                        for name, x in sequences.items()})
+        return self._finish(self._mix(streams, aligned_mask), order, last_only)
+
+    def project_tables(self, tables: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Project per-item tables to the hidden width: ``{name: (N, D)} -> {name: (N, H)}``."""
+        return {name: self.projections[name](table) for name, table in tables.items()}
+
+    # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _align(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Stable sort on the mask: padded positions first, real items after in their own order.
+        order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+        return order, mask.gather(1, order)
+
+    def _mix(self, streams: dict[str, torch.Tensor], aligned_mask: torch.Tensor) -> torch.Tensor:
+        m = aligned_mask.unsqueeze(-1).to(next(iter(streams.values())).dtype)  # (B, L, 1)
+        mixed = []
+        for name in self.config.modality_dims:  # fixed order: the fuse Linear's input layout
+            x = self.drop(streams[name]) * m
+            for block in self.mixers[name]:
+                x = block(x, m)
+            mixed.append(self.norms[name](x) * m)
+        x = self.fuse(torch.cat(mixed, dim=-1)) * m  # Eq. 2: concat -> Linear back to H
+        for block in self.fusion_mixers:
+            x = block(x, m)
+        return self.fusion_norm(x) * m
+
+    @staticmethod
+    def _finish(aligned_out: torch.Tensor, order: torch.Tensor, last_only: bool) -> torch.Tensor:
+        if last_only:
+            return aligned_out[:, -1]
+        inverse = torch.argsort(order, dim=1)
+        return torch.take_along_dim(aligned_out, inverse.unsqueeze(-1), dim=1)
