@@ -110,19 +110,6 @@ def device_name(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def slice_dataset(name: str, data_root: Path, users: int, out_root: Path) -> str:
-    """Write the first ``users`` users' interactions of ``name`` as dataset ``<name>-u<users>``."""
-    from fusionlayer.data import ensure_dataset
-
-    folder = ensure_dataset(name, data_root)
-    sliced = f"{name}-u{users}"
-    (out_root / sliced).mkdir(parents=True, exist_ok=True)
-    lines = (folder / f"{name}.inter").read_text().splitlines()
-    keep = [lines[0]] + [line for line in lines[1:] if int(line.split("\t")[0]) <= users]
-    (out_root / sliced / f"{sliced}.inter").write_text("\n".join(keep) + "\n")
-    return sliced
-
-
 # ----------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def rank_users(model, eval_data, train_item_counts: np.ndarray, device: str, seed: int) -> dict[str, np.ndarray]:
@@ -198,12 +185,11 @@ def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> di
     checkpoint_dir = tempfile.mkdtemp(prefix="fusionlayer-compat-")
     overrides["checkpoint_dir"] = checkpoint_dir
     if args.quick:
-        from fusionlayer.data import default_data_root
+        from fusionlayer.data import slice_users
 
-        data_root_for_slice = Path(tempfile.mkdtemp(prefix="fusionlayer-slice-"))
-        dataset_name = slice_dataset(args.dataset, data_root or default_data_root(), hparams["quick"]["users"],
-                                     data_root_for_slice)
-        data_root = data_root_for_slice
+        slice_root = Path(tempfile.mkdtemp(prefix="fusionlayer-slice-"))
+        dataset_name = slice_users(args.dataset, hparams["quick"]["users"], slice_root, data_root)
+        data_root = slice_root
     try:
         config = recbole_config(model_class, dataset_name, data_root=data_root, overrides=overrides)
         init_seed(seed, True)

@@ -1,0 +1,238 @@
+"""attach()/detach() on SASRec, GRU4Rec, FPMC and BPR in RecBole's real pipeline."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+import fusionlayer
+from conftest import build, random_features
+
+pytestmark = pytest.mark.needs_ml100k
+BACKBONES = ["SASRec", "GRU4Rec", "FPMC", "BPR"]
+
+
+def backbone_class(name):
+    fusionlayer.patch_recbole()
+    from recbole.model.general_recommender import BPR
+    from recbole.model.sequential_recommender import FPMC, GRU4Rec, SASRec
+
+    return {"SASRec": SASRec, "GRU4Rec": GRU4Rec, "FPMC": FPMC, "BPR": BPR}[name]
+
+
+@pytest.fixture(scope="module")
+def setups(tiny_root, tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            config, train, valid, test = build(backbone_class(name), tiny_root, tmp_path_factory.mktemp(name))
+            cache[name] = (config, train, valid, test, next(iter(train)))  # one fixed training batch
+        return cache[name]
+
+    return get
+
+
+def fresh(name, setups, **attach_kwargs):
+    config, train, valid, test, batch = setups(name)
+    torch.manual_seed(0)
+    model = backbone_class(name)(config, train.dataset)
+    base = copy.deepcopy(model)
+    fusionlayer.attach(model, random_features(train.dataset.item_num), dataset=train.dataset, **attach_kwargs)
+    return model, base, (config, train, valid, test, batch)
+
+
+def scores(model, data):
+    model.eval()
+    with torch.no_grad():
+        interaction = next(iter(data[3]))[0]
+        return model.full_sort_predict(interaction), model.predict(data[4])
+
+
+def fusion_names(model):
+    return {n for n, _ in model.named_parameters() if n.startswith("fusion_adapter.")}
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_identity_at_attach(name, setups):
+    model, base, data = fresh(name, setups)
+    (full_a, pair_a), (full_b, pair_b) = scores(model, data), scores(base, data)
+    assert torch.equal(full_a, full_b) and torch.equal(pair_a, pair_b)
+    model.train(), base.train()
+    batch = data[4]
+    torch.manual_seed(1)
+    loss_a = model.calculate_loss(batch)
+    torch.manual_seed(1)
+    assert torch.equal(loss_a, base.calculate_loss(batch))
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_trains_with_recbole_trainer_and_detach_restores(name, setups):
+    from recbole.trainer import Trainer
+
+    model, _, (config, train, valid, test, batch) = fresh(name, setups)
+    model.eval()
+    with torch.no_grad():
+        before = float(model.calculate_loss(batch))
+    trainer = Trainer(config, model)
+    trainer.fit(train, valid, verbose=False, saved=True, show_progress=False)
+    model.eval()
+    with torch.no_grad():
+        after = float(model.calculate_loss(batch))
+    assert torch.isfinite(torch.tensor(after)) and after < before
+    result = trainer.evaluate(test, load_best_model=True, show_progress=False)  # reloads the attached checkpoint
+    assert 0 <= result["ndcg@10"] <= 1
+    full, _ = scores(model, (config, train, valid, test, batch))
+    assert full.shape[-1] == train.dataset.item_num or full.numel() % train.dataset.item_num == 0
+    assert torch.isfinite(full).all()
+    assert any(float(p.abs().sum()) > 0 for n, p in model.fusion_adapter.named_parameters() if "_out" in n)
+
+    # detach: the backbone's own modules, state and scores come back, bit for bit
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fusion_adapter.")}
+    state = {k.replace(".base_layer.", "."): v for k, v in state.items()}
+    fusionlayer.detach(model)
+    assert not fusionlayer.is_attached(model) and "forward" not in model.__dict__
+    assert set(model.state_dict()) == set(state)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    plain = backbone_class(name)(config, train.dataset)
+    plain.load_state_dict(model.state_dict())
+    data = (config, train, valid, test, batch)
+    assert torch.equal(scores(model, data)[0], scores(plain, data)[0])
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_gradients_reach_fusion_and_freeze_backbone(name, setups):
+    model, _, (config, train, valid, test, batch) = fresh(name, setups, freeze_backbone=True)
+    counts = fusionlayer.count_parameters(model)
+    assert counts["trainable"] == counts["fusion"] < counts["total"]
+    for p in model.fusion_adapter.parameters():  # leave the zero start so every weight gets a gradient
+        torch.nn.init.normal_(p, std=0.05) if p.dim() > 1 else None
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    model.train()
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    for n, p in model.fusion_adapter.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= fusion_names(model)
+    fusionlayer.detach(model)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["SASRec", "BPR"])
+def test_fusion_state_dict_round_trip(name, setups):
+    model, _, data = fresh(name, setups)
+    for p in model.fusion_adapter.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    saved = fusionlayer.fusion_state_dict(model)
+    assert saved and all(not k.startswith("table_") for k in saved)
+    expected = scores(model, data)[0]
+    other, _, _ = fresh(name, setups)
+    assert not torch.equal(scores(other, data)[0], expected)
+    fusionlayer.load_fusion_state_dict(other, saved)
+    assert torch.equal(scores(other, data)[0], expected)
+
+
+def test_errors_leave_the_model_untouched(setups):
+    config, train, valid, test, _ = setups("SASRec")
+    SASRec = backbone_class("SASRec")
+    model = SASRec(config, train.dataset)
+    n = train.dataset.item_num
+    reference = copy.deepcopy(model.state_dict())
+    cases = [
+        ({"text": torch.randn(n - 1, 8)}, ValueError, f"has {n - 1:,} rows but the model's dataset has {n:,} item ids"),
+        ({"text": torch.full((n, 8), float("nan"))}, ValueError, "NaN/Inf"),
+        ({}, ValueError, "features is empty"),
+        ({"id": torch.randn(n, 8)}, ValueError, "reserved"),
+        ([torch.randn(n, 8)], TypeError, "must be a dict"),
+        ({"text": "not a tensor"}, TypeError, "must be a torch.Tensor"),
+    ]
+    for features, error, match in cases:
+        with pytest.raises(error, match=match):
+            fusionlayer.attach(model, features)
+        assert not fusionlayer.is_attached(model) and "forward" not in model.__dict__
+        assert isinstance(model.item_embedding, torch.nn.Embedding)
+    with pytest.raises(ValueError, match="invalid|positive int"):
+        fusionlayer.attach(model, {"text": torch.randn(n, 8)}, hidden_size=0)
+    assert not fusionlayer.is_attached(model)
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="has no fusion layer attached"):
+        fusionlayer.detach(model)
+    fusionlayer.attach(model, {"text": torch.randn(n, 8)})
+    with pytest.raises(ValueError, match="already has a fusion layer attached"):
+        fusionlayer.attach(model, {"text": torch.randn(n, 8)})
+    with pytest.raises(TypeError, match="RecBole recommender.*registered adapters"):
+        fusionlayer.attach(torch.nn.Linear(3, 3), {"text": torch.randn(n, 8)})
+
+
+def test_bpr_needs_the_training_dataset(setups):
+    config, train, _, _, _ = setups("BPR")
+    model = backbone_class("BPR")(config, train.dataset)
+    with pytest.raises(ValueError, match="pass the training dataset"):
+        fusionlayer.attach(model, random_features(train.dataset.item_num))
+    assert not fusionlayer.is_attached(model)
+
+
+def test_bpr_history_is_newest_items_in_time_order(setups):
+    from fusionlayer.adapters.bpr import user_histories
+
+    _, train, _, _, _ = setups("BPR")
+    history, lengths = user_histories(train.dataset, train.dataset.user_num, 5)
+    inter = train.dataset.inter_feat
+    user = 3
+    rows = inter[train.dataset.uid_field] == user
+    items = inter[train.dataset.iid_field][rows]
+    times = inter[train.dataset.time_field][rows]
+    newest = items[torch.argsort(times, stable=True)][-5:]
+    assert lengths[user] == min(5, len(items))
+    assert torch.equal(history[user, : len(newest)], newest)
+
+
+def test_unregistered_sequential_model_gets_generic_adapter(setups):
+    from recbole.model.sequential_recommender import NARM
+
+    config, train, _, test, _ = setups("GRU4Rec")
+    config["n_layers"], config["dropout_probs"] = 1, [0.25, 0.5]
+    model = NARM(config, train.dataset)
+    with pytest.warns(UserWarning, match="generic sequential adapter"):
+        fusionlayer.attach(model, random_features(train.dataset.item_num))
+    assert type(model.fusion_adapter).__name__ == "GenericSequentialAdapter"
+    model.eval()
+    assert torch.isfinite(model.full_sort_predict(next(iter(test))[0])).all()
+
+
+def test_list_adapters_names_the_four_backbones():
+    assert fusionlayer.list_adapters() == {"SASRec": "SASRecAdapter", "GRU4Rec": "GRU4RecAdapter",
+                                           "FPMC": "FPMCAdapter", "BPR": "BPRAdapter"}
+
+
+def test_features_follow_the_model_device_and_dtype(setups):
+    config, train, _, test, _ = setups("SASRec")
+    model = backbone_class("SASRec")(config, train.dataset).double()
+    fusionlayer.attach(model, random_features(train.dataset.item_num))
+    assert model.fusion_adapter.table_text.dtype == torch.float64
+    model.float()
+    assert model.fusion_adapter.table_text.dtype == torch.float32
+    assert "fusion_adapter.table_text" not in model.state_dict()  # buffers, not checkpoint state
+
+
+def test_readme_snippet_runs(setups, tmp_path):
+    """The five-line usage from README.md, verbatim apart from the data set-up."""
+    config, train_data, valid_data, _, _ = setups("SASRec")
+    n = train_data.dataset.item_num
+    T, I = torch.randn(n, 16), torch.randn(n, 24)
+    T[0] = I[0] = 0
+    from recbole.model.sequential_recommender import SASRec
+    from recbole.trainer import Trainer
+
+    model = SASRec(config, train_data.dataset)
+    fusionlayer.attach(model, features={"text": T, "image": I})
+    trainer = Trainer(config, model); trainer.fit(train_data, valid_data, verbose=False)  # noqa: E702
+    fusionlayer.detach(model)
+    assert isinstance(model.item_embedding, torch.nn.Embedding)
