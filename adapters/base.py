@@ -32,8 +32,10 @@ __all__ = ["ADAPTER_DEFAULTS", "ContentEmbedding", "FusionAdapter"]
 # Lighter than FusionConfig's standalone defaults: the backbone already models the sequence, the
 # fusion is an add-on whose step cost should stay small next to it. Any of them can be overridden
 # through attach(model, features, **fusion_options).
+# Dropout sits on the fused (B, H) output (``output_dropout``), not inside the Mixers: on CPU,
+# sampling masks for every (B, L, H) activation costs more than the Mixer's matmuls.
 ADAPTER_DEFAULTS = {"hidden_size": 32, "num_layers": 1, "num_fusion_layers": 1, "token_hidden_size": 32,
-                    "channel_hidden_size": 64}
+                    "channel_hidden_size": 64, "dropout": 0.0}
 
 
 class ContentEmbedding(nn.Module):
@@ -85,7 +87,8 @@ class FusionAdapter(nn.Module):
     Args:
         model: the RecBole model (read for sizes only; ``install`` changes it).
         tables: validated ``{modality: (n_items, D)}`` tables.
-        fusion_options: :class:`FusionConfig` fields for the history fusion (``modality_dims`` is filled in).
+        fusion_options: :class:`FusionConfig` fields for the history fusion (``modality_dims`` is filled
+            in), plus ``output_dropout`` (default 0.2) on the fused history vector.
         dataset: the training dataset (used by adapters that need histories, e.g. BPR).
     """
 
@@ -105,6 +108,8 @@ class FusionAdapter(nn.Module):
         present[0] = False  # RecBole's padding id
         self.register_buffer("item_present", present.unsqueeze(1), persistent=False)
         id_dim = self.id_stream_dim(model)
+        fusion_options = dict(fusion_options)
+        self.output_dropout = nn.Dropout(fusion_options.pop("output_dropout", 0.2))
         options = {"max_seq_length": getattr(model, "max_seq_length", 50), **ADAPTER_DEFAULTS, **fusion_options}
         self.config = FusionConfig(modality_dims={"id": id_dim, **{n: t.shape[1] for n, t in tables.items()}}, **options)
         H = self.config.hidden_size
@@ -151,7 +156,7 @@ class FusionAdapter(nn.Module):
         else:
             tables["id"] = id_table
         fused = self.fusion.forward_items(item_seq, tables, sequences=sequences, last_only=True)
-        return self.user_out(fused)
+        return self.user_out(self.output_dropout(fused))
 
     # ---------------------------------------------------------------- install / uninstall
     @property
