@@ -101,6 +101,7 @@ class TextEncoder(Encoder):
                 self.failures.append((i, "empty or missing text"))
                 continue
             index.append((i, text))
+        index.sort(key=lambda pair: len(pair[1]))  # similar lengths per batch: little padding
         batches = range(0, len(index), self.batch_size)
         for start in tqdm(batches, desc=f"text {self.name}", disable=not self.progress, leave=False):
             chunk = index[start : start + self.batch_size]

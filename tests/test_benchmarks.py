@@ -1,0 +1,125 @@
+"""The benchmark harnesses: FLOP formulas, slope fit, budget guard, results file handling, --quick runs."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import compat, report, scaling
+
+
+def test_sdpa_cpu_flops_are_counted_exactly():
+    scaling.register_sdpa_cpu_flops()
+    B, heads, L, d = 2, 2, 64, 16
+    q = torch.randn(B, heads, L, d, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        out = F.scaled_dot_product_attention(q, q, q)
+    assert counter.get_total_flops() == 4 * B * L * L * (heads * d)
+    with FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    assert counter.get_total_flops() > 0
+
+
+def test_fusion_flops_linear_attention_quadratic():
+    def fwd_flops(contender, L):
+        model = scaling.build(contender, L)
+        features, mask = scaling.make_inputs(1, L, "cpu")
+        return scaling.count_flops(lambda: model(features, mask))
+
+    assert fwd_flops("fusion", 256) == 2 * fwd_flops("fusion", 128)
+    ratio = fwd_flops("attention", 512) / fwd_flops("attention", 256)
+    assert 2.2 < ratio < 4  # the L^2 term shows
+
+
+def test_slope_fit_on_synthetic_data():
+    Ls = [64, 128, 256, 512, 1024, 2048]
+    assert scaling.fit_slope(Ls, [3 * L for L in Ls]) == pytest.approx(1.0)
+    assert scaling.fit_slope(Ls, [0.5 * L**2 for L in Ls]) == pytest.approx(2.0)
+    assert scaling.fit_slope(Ls, [100 if L < 256 else L**1.5 for L in Ls]) == pytest.approx(1.5)  # upper half only
+    assert scaling.fit_slope([64], [1.0]) is None
+
+
+def test_budget_guard_marks_and_skips(monkeypatch):
+    calls = []
+
+    def fake_point(contender, L, args):
+        calls.append((contender, L))
+        if contender == "attention" and L >= 128:
+            return {"contender": contender, "L": L, "status": "over budget"}
+        return {"contender": contender, "L": L, "status": "ok", "fwd_bwd_ms": L / 10, "peak_mem_bytes": L, "flops": L}
+
+    monkeypatch.setattr(scaling, "run_point_subprocess", fake_point)
+    args = scaling.parse_args(["--lengths", "64,128,256", "--contenders", "fusion,attention", "--mem-budget-gb", "1"])
+    result = scaling.sweep(args)
+    statuses = {(p["contender"], p["L"]): p["status"] for p in result["points"]}
+    assert statuses[("attention", 128)] == "over budget"
+    assert statuses[("attention", 256)].startswith("skipped")
+    assert ("attention", 256) not in calls
+    assert result["slopes"]["fusion"]["time"] == pytest.approx(1.0)
+
+
+def test_scaling_quick_runs_end_to_end(tmp_path):
+    out = tmp_path / "scaling.json"
+    assert scaling.main(["--quick", "--lengths", "16,32", "--out", str(out), "--budget-s", "30"]) == 0
+    result = json.loads(out.read_text())
+    assert {p["contender"] for p in result["points"]} == {"fusion", "attention", "sasrec"}
+    for p in result["points"]:
+        assert {"contender", "L", "fwd_ms", "fwd_bwd_ms", "peak_mem_bytes", "flops", "params", "status"} <= set(p)
+    assert set(result["slopes"]) == {"fusion", "attention", "sasrec"} and result["gemm_gflops"] > 0
+    assert {"command", "commit", "device", "date"} <= set(result)
+    assert out.with_suffix(".png").is_file() and out.with_suffix(".csv").is_file()
+
+
+def test_end_to_end_rows(monkeypatch):
+    args = scaling.parse_args(["--e2e-lengths", "8", "--repeats", "1", "--predict-repeats", "3",
+                               "--e2e-models", "SASRec,BPR,M2SR"])
+    rows = scaling.end_to_end(args)
+    assert {(r["model"], r["variant"]) for r in rows} == {("SASRec", "plain"), ("SASRec", "fusion"), ("BPR", "plain"),
+                                                          ("BPR", "fusion"), ("M2SR", "standalone")}
+    assert all(r["train_step_ms"] > 0 and r["predict_b256_p99_ms"] >= r["predict_b256_p50_ms"] for r in rows)
+
+
+def test_results_file_malformed_lines_are_skipped_with_a_warning(tmp_path):
+    path = tmp_path / "r.jsonl"
+    good = {"dataset": "ml-100k", "model": "BPR", "variant": "plain", "seed": 0}
+    path.write_text(json.dumps(good) + "\n{not json\n" + json.dumps({"model": "x"}) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = compat.read_results(path)
+    assert rows == [good]
+    messages = [str(w.message) for w in caught]
+    assert any("r.jsonl:2" in m for m in messages) and any("r.jsonl:3" in m for m in messages)
+    compat.append_result(path, {**good, "seed": 1})
+    assert len(compat.read_results(path)) == 2
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(SystemExit):
+        compat.parse_args(["--models", "SASRec,Caser"])
+    with pytest.raises(SystemExit):
+        compat.parse_args(["--dataset", "ml-25m"])
+    with pytest.raises(SystemExit):
+        scaling.parse_args(["--contenders", "mamba"])
+    assert compat.grid(["BPR", "M2SR"], [0, 1])[:3] == [("BPR", "plain", 0), ("BPR", "fusion", 0), ("M2SR", "standalone", 0)]
+
+
+@pytest.mark.needs_ml100k
+@pytest.mark.slow
+def test_compat_quick_end_to_end_and_report(tmp_path):
+    out = tmp_path / "quick.jsonl"
+    assert compat.main(["--quick", "--out", str(out)]) == 0
+    rows = compat.read_results(out)
+    assert {(r["model"], r["variant"]) for r in rows} == {(m, v) for m, v, _ in compat.grid(compat.MODELS, [0])}
+    for row in rows:
+        assert set(row["test"]) == {"full", "uni100"} and set(row["test"]["full"]) == {"mrr@10", "ndcg@10", "hit@10"}
+        assert row["test"]["full"]["ndcg@10"] == pytest.approx(row["recbole_test"]["ndcg@10"], abs=1e-4)  # ours == RecBole's
+        assert {"best_epoch", "train_seconds", "eval_seconds", "params", "commit", "torch", "device"} <= set(row)
+    assert compat.main(["--quick", "--out", str(out)]) == 0  # resumes: nothing left to run
+    assert len(compat.read_results(out)) == len(rows)
+    text = report.report(out, "ml-100k", quick=True)
+    assert "Wilcoxon" in text and "target pop" in text and out.with_suffix(".png").is_file()

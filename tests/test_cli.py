@@ -1,0 +1,38 @@
+"""The command line: help lists the presets, encode reports what it did, bad names fail clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+from fusionlayer import cli
+
+
+def test_encode_help_lists_presets(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["encode", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for preset in ("minilm", "effnet-lite0", "bert-base-uncased", "clip-vit-b-32"):
+        assert preset in out
+
+
+def test_unknown_image_encoder_is_a_clear_error(tmp_path):
+    with pytest.raises(KeyError, match="unknown image encoder 'no-such-thing'"):
+        cli.main(["encode", "--modality", "image", "--encoder", "no-such-thing", "--cache-dir", str(tmp_path)])
+
+
+def test_bench_rejects_unknown_benchmark(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "speed"])
+
+
+@pytest.mark.needs_ml100k
+@pytest.mark.slow
+def test_encode_text_then_cache_hit(capsys):
+    from conftest import SHARED
+
+    assert cli.main(["encode", "--dataset", "ml-100k", "--modality", "text", "--data-dir", str(SHARED), "--no-progress"]) == 0
+    assert cli.main(["encode", "--dataset", "ml-100k", "--modality", "text", "--data-dir", str(SHARED), "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "1682 items x 384" in out[-2] and "cache hit" in out[-2]
+    assert "'no_poster': 19" in out[-1] and "'empty_plot': 18" in out[-1]
