@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--no-progress", action="store_true")
 
     demo = sub.add_parser("demo", help="short real run on ML-100K: M2SR and SASRec + fusion")
-    demo.add_argument("--epochs", type=int, default=2)
+    demo.add_argument("--epochs", type=int, default=1)
     demo.add_argument("--data-dir", default=data_default)
     demo.add_argument("--cache-dir", default=cache_default)
     demo.add_argument("--workdir", default=".", help="where RecBole writes its checkpoints (saved/)")
