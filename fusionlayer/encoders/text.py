@@ -31,17 +31,19 @@ class TextEncoder(Encoder):
         device: torch device.
         local_files_only: never contact the hub (default); set False on machines with hub access.
         progress: show a tqdm progress bar.
+        name: the encoder's name in the cache (default: the hub name, or the local folder's name).
     """
 
     modality = "text"
 
     def __init__(self, model: str | Path, *, pooling: str = "mean", normalize: bool = False, batch_size: int = 64,
-                 max_length: int = 128, device: str = "cpu", local_files_only: bool = True, progress: bool = True) -> None:
+                 max_length: int = 128, device: str = "cpu", local_files_only: bool = True, progress: bool = True,
+                 name: str | None = None) -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         self.model_ref = str(model)
-        self.name = Path(self.model_ref).name if Path(self.model_ref).is_dir() else self.model_ref
+        self.name = name or (Path(self.model_ref).name if Path(self.model_ref).is_dir() else self.model_ref)
         self.pooling, self.normalize, self.batch_size = pooling, normalize, batch_size
         self.max_length, self.device, self.local_files_only, self.progress = max_length, device, local_files_only, progress
         self._model = self._tokenizer = None
