@@ -7,7 +7,7 @@ MLPMixerRec (ID only) and M2SR, over seeds. Protocol in ``fusionlayer.data.recbo
 a re-run skips what is recorded, so the grid completes over several sittings.
 
     python benchmarks/compat.py                     # the full ML-100K grid (hours on 2 CPU cores)
-    python benchmarks/compat.py --quick             # 1 epoch, 300 users: wiring check (~1-2 min)
+    python benchmarks/compat.py --quick             # 1 epoch, 60 users: wiring check (~1-2 min)
     python benchmarks/compat.py --models BPR,FPMC --seeds 0
     python benchmarks/report.py                     # tables, significance, popularity, PNG
 """
@@ -181,7 +181,7 @@ def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> di
                  "device": args.device, "use_gpu": args.device.startswith("cuda")}
     data_root, dataset_name = Path(args.data_dir) if args.data_dir else None, args.dataset
     if args.quick:
-        overrides.update(epochs=hparams["quick"]["epochs"], stopping_step=hparams["quick"]["stopping_step"])
+        overrides.update({k: v for k, v in hparams["quick"].items() if k != "users"})
     checkpoint_dir = tempfile.mkdtemp(prefix="fusionlayer-compat-")
     overrides["checkpoint_dir"] = checkpoint_dir
     if args.quick:
@@ -248,7 +248,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="ml-100k", help=f"one of {DATASETS}")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
     parser.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; 0 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="1 epoch on the first 300 users: proves the wiring end to end")
+    parser.add_argument("--quick", action="store_true", help="1 epoch on the first 60 users: proves the wiring end to end")
     parser.add_argument("--out", type=Path, default=None, help="results .jsonl (default benchmarks/results/compat-<dataset>[-quick].jsonl)")
     parser.add_argument("--data-dir", default=os.environ.get("FUSIONLAYER_DATA"), help="folder holding <dataset>/ (default ../shared/datasets)")
     parser.add_argument("--cache-dir", default=os.environ.get("FUSIONLAYER_CACHE"), help="feature cache (default ~/.cache/fusionlayer)")

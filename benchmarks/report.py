@@ -170,7 +170,7 @@ def provenance(rows: list[dict], quick: bool) -> list[str]:
 def report(results: Path, dataset: str, quick: bool = False) -> str:
     rows = read_results(results)
     groups = group(rows, dataset, quick)
-    title = f"# Compatibility benchmark: {dataset}" + (" (--quick wiring check: 1 epoch, 120 users; not a result)" if quick else "")
+    title = f"# Compatibility benchmark: {dataset}" + (" (--quick wiring check: 1 epoch, 60 users; not a result)" if quick else "")
     lines = [title, "", *provenance(rows, quick), "",
              "## Test metrics, full ranking over all items (mean ± std over seeds)", "", *metric_table(groups, "full"), "",
              "## Test metrics, 100 uniformly sampled negatives (secondary; same users and models)", "",
