@@ -54,7 +54,7 @@ def metric_table(groups, protocol: str) -> list[str]:
         for variant in (["standalone"] if model in STANDALONE else ["plain", "fusion"]):
             runs = groups.get((model, variant), [])
             if not runs:
-                lines.append(f"| {model} | {variant} | 0 | not run | | | |")
+                lines.append(f"| {model} | {variant} | none | not run yet | | | |")
                 continue
             cells = [mean_std([r["test"][protocol][m] for r in runs]) for m in METRICS]
             change = ""
