@@ -49,7 +49,7 @@ def group(rows: list[dict], dataset: str, quick: bool = False) -> dict[tuple[str
 
 
 def metric_table(groups, protocol: str) -> list[str]:
-    lines = [f"| model | variant | seeds | MRR@10 | NDCG@10 | Hit@10 | NDCG@10 vs plain |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | variant | seeds | MRR@10 | NDCG@10 | Hit@10 | NDCG@10 vs plain |", "|---|---|---|---|---|---|---|"]
     for model in BACKBONES + STANDALONE:
         for variant in (["standalone"] if model in STANDALONE else ["plain", "fusion"]):
             runs = groups.get((model, variant), [])

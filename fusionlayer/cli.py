@@ -48,8 +48,6 @@ def _encode(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Encode ML-100K content (cached), then train M2SR and SASRec + fusion briefly, print test scores."""
-    import torch
-
     import fusionlayer
     from fusionlayer.data.recbole_data import prepare_data, recbole_config
     from fusionlayer.encoders import load_features
@@ -59,7 +57,6 @@ def _demo(args: argparse.Namespace) -> int:
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
-    results = {}
     for name in ("M2SR", "SASRec+fusion"):
         model_class = fusionlayer.M2SR if name == "M2SR" else SASRec
         config = recbole_config(model_class, "ml-100k", data_root=args.data_dir, overrides={
@@ -80,10 +77,8 @@ def _demo(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False)
         test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
-        results[name] = dict(test)
         print(f"{name}: {args.epochs} epochs in {time.perf_counter() - start:.0f} s, params "
               f"{fusionlayer.count_parameters(model)}; test " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
-    torch.set_printoptions(precision=4)
     return 0
 
 

@@ -26,7 +26,6 @@ import csv
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
 import urllib.request
 import zipfile

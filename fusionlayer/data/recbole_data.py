@@ -8,7 +8,6 @@ with cross-entropy over all items.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
