@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   -> creates .venv, installs, trains M2SR and SASRec(+fusion) briefly on ML-100K
+#   make demo   -> creates .venv, installs, trains M2SR and GRU4Rec+fusion for 1 epoch on ML-100K
 #   make test   -> same set-up, then the test suite
 PYTHON ?= python3
 VENV := .venv

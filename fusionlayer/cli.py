@@ -47,21 +47,22 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Encode ML-100K content (cached), then train M2SR and SASRec + fusion briefly, print test scores."""
+    """Encode ML-100K content (cached), then train M2SR and GRU4Rec + fusion briefly, print test scores."""
     import fusionlayer
     from fusionlayer.data.recbole_data import prepare_data, recbole_config
     from fusionlayer.encoders import load_features
 
     fusionlayer.patch_recbole()
-    from recbole.model.sequential_recommender import SASRec
+    from recbole.model.sequential_recommender import GRU4Rec
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
-    for name in ("M2SR", "SASRec+fusion"):
-        model_class = fusionlayer.M2SR if name == "M2SR" else SASRec
+    for name in ("M2SR", "GRU4Rec+fusion"):
+        model_class = fusionlayer.M2SR if name == "M2SR" else GRU4Rec
         config = recbole_config(model_class, "ml-100k", data_root=args.data_dir, overrides={
-            "epochs": args.epochs, "hidden_size": 64, "n_layers": 2, "n_heads": 2, "inner_size": 256,
-            "train_batch_size": 2048, "seed": 0, "checkpoint_dir": str(Path(args.workdir) / "saved")})
+            "epochs": args.epochs, "hidden_size": 64, "embedding_size": 64, "n_layers": 1, "num_layers": 1,
+            "channel_hidden_size": 128, "token_hidden_size": 32, "dropout_prob": 0.0, "train_batch_size": 1024,
+            "seed": 0, "checkpoint_dir": str(Path(args.workdir) / "saved")})
         init_seed(0, True)
         dataset, train_data, valid_data, test_data = prepare_data(config)
         features = load_features("ml-100k", train_data.dataset, data_root=args.data_dir, cache_dir=args.cache_dir)
@@ -72,7 +73,7 @@ def _demo(args: argparse.Namespace) -> int:
         if name == "M2SR":
             model = fusionlayer.M2SR(config, train_data.dataset, features=tables)
         else:
-            model = fusionlayer.attach(SASRec(config, train_data.dataset), tables)
+            model = fusionlayer.attach(GRU4Rec(config, train_data.dataset), tables)
         trainer = Trainer(config, model)
         start = time.perf_counter()
         trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False)
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--download", action="store_true", help="allow hub downloads for text models (default: offline, fail fast)")
     enc.add_argument("--no-progress", action="store_true")
 
-    demo = sub.add_parser("demo", help="short real run on ML-100K: M2SR and SASRec + fusion")
+    demo = sub.add_parser("demo", help="short real run on ML-100K: M2SR and GRU4Rec + fusion")
     demo.add_argument("--epochs", type=int, default=1)
     demo.add_argument("--data-dir", default=data_default)
     demo.add_argument("--cache-dir", default=cache_default)
