@@ -22,7 +22,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from benchmarks.scaling import git_commit  # noqa: E402
+from benchmarks.compat import git_commit  # noqa: E402
 from fusionlayer.encoders import encode_items  # noqa: E402
 
 TARGETS_S = {"text": 15.0, "image": 300.0, "hit": 1.0}

@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+from benchmarks.compat import git_commit  # noqa: E402  (one definition: commit at process start, -dirty flag)
 from fusionlayer import FeatureFusionLayer  # noqa: E402
 
 CONTENDERS = ["fusion", "attention", "sasrec"]
@@ -330,14 +331,6 @@ def _e2e_row(name: str, variant: str, L: int, args) -> dict:
 
 
 # ----------------------------------------------------------------------------------- output
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def write_outputs(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
