@@ -10,12 +10,20 @@ Writes ``<results>.md`` and ``<results>.png`` next to the results file and print
 * Significance: per backbone, one-sided Wilcoxon signed-rank test (H1: fusion > plain) on per-user
   test NDCG@10, each user's value averaged over the seeds both variants finished.
 * Popularity: NDCG@10 by the test item's number of training interactions (<= 10, 11-50, > 50).
+* Targets: per backbone, whether fusion reached +10 % NDCG@10 (mean of 3 seeds) with p < 0.05, and whether
+  M2SR matches the best plain backbone, said plainly, with the seeds each verdict rests on.
+
+``--readme README.md`` also replaces the part of the README between ``<!-- compat:begin -->`` and
+``<!-- compat:end -->`` with the main table, the significance table and the verdicts, so the README's table is
+produced by a command, never typed.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -26,10 +34,15 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from benchmarks.compat import BACKBONES, STANDALONE, read_results  # noqa: E402
+from fusionlayer.encoders.cache import atomic_write_bytes  # noqa: E402
 
 METRICS = ["mrr@10", "ndcg@10", "hit@10"]
 POPULARITY_BINS = [(0, 10, "<= 10"), (11, 50, "11-50"), (51, 10**9, "> 50")]
 PAPER_FILE = HERE / "paper_numbers.json"
+TARGET_GAIN = 0.10  # +10 % relative NDCG@10, issue 5
+TARGET_P = 0.05
+FULL_SEEDS = 3
+README_BEGIN, README_END = "<!-- compat:begin -->", "<!-- compat:end -->"
 
 
 def mean_std(values: list[float]) -> str:
@@ -79,23 +92,75 @@ def per_user(runs: list[dict]) -> dict[int, tuple[float, int]]:
     return {u: (statistics.fmean(v), pops[u]) for u, v in values.items()}
 
 
-def significance(groups) -> list[str]:
+def paired_tests(groups) -> dict[str, dict]:
+    """backbone -> {seeds, users, plain, fusion, p}: one-sided Wilcoxon signed-rank, H1 fusion > plain."""
     from scipy.stats import wilcoxon
 
-    lines = ["| backbone | seeds paired | users | mean NDCG@10 plain | mean NDCG@10 fusion | Wilcoxon one-sided p (fusion > plain) |",
-             "|---|---|---|---|---|---|"]
+    tests = {}
     for model in BACKBONES:
         plain = {r["seed"]: r for r in groups.get((model, "plain"), [])}
         fusion = {r["seed"]: r for r in groups.get((model, "fusion"), [])}
         seeds = sorted(set(plain) & set(fusion))
         if not seeds:
-            lines.append(f"| {model} | none | | | | |")
             continue
         a, b = per_user([plain[s] for s in seeds]), per_user([fusion[s] for s in seeds])
         users = sorted(set(a) & set(b))
         x, y = np.array([a[u][0] for u in users]), np.array([b[u][0] for u in users])
-        p = wilcoxon(y, x, alternative="greater", zero_method="wilcox").pvalue if np.any(x != y) else 1.0
-        lines.append(f"| {model} | {','.join(map(str, seeds))} | {len(users)} | {x.mean():.4f} | {y.mean():.4f} | {p:.2g} |")
+        p = float(wilcoxon(y, x, alternative="greater", zero_method="wilcox").pvalue) if np.any(x != y) else 1.0
+        tests[model] = {"seeds": seeds, "users": len(users), "plain": float(x.mean()), "fusion": float(y.mean()), "p": p}
+    return tests
+
+
+def significance(groups) -> list[str]:
+    lines = ["| backbone | seeds paired | users | mean NDCG@10 plain | mean NDCG@10 fusion | Wilcoxon one-sided p (fusion > plain) |",
+             "|---|---|---|---|---|---|"]
+    tests = paired_tests(groups)
+    for model in BACKBONES:
+        t = tests.get(model)
+        if t is None:
+            lines.append(f"| {model} | none | | | | |")
+            continue
+        lines.append(f"| {model} | {','.join(map(str, t['seeds']))} | {t['users']} | {t['plain']:.4f} | {t['fusion']:.4f} | {t['p']:.2g} |")
+    return lines
+
+
+def _mean_ndcg(runs: list[dict]) -> float:
+    return statistics.fmean(r["test"]["full"]["ndcg@10"] for r in runs)
+
+
+def verdicts(groups) -> list[str]:
+    """The issue's targets, one plain sentence per backbone plus M2SR against the best plain backbone."""
+    tests = paired_tests(groups)
+    lines = []
+    for model in BACKBONES:
+        t = tests.get(model)
+        if t is None:
+            lines.append(f"- **{model}**: no paired plain/fusion run yet; no verdict.")
+            continue
+        plain = [r for r in groups[(model, "plain")] if r["seed"] in t["seeds"]]
+        fusion = [r for r in groups[(model, "fusion")] if r["seed"] in t["seeds"]]
+        gain = (_mean_ndcg(fusion) - _mean_ndcg(plain)) / _mean_ndcg(plain)
+        partial = "" if len(t["seeds"]) >= FULL_SEEDS else f" (only {len(t['seeds'])} of {FULL_SEEDS} seeds: provisional)"
+        if gain <= 0:
+            outcome = "fusion did **not** improve it"
+        elif gain >= TARGET_GAIN and t["p"] < TARGET_P:
+            outcome = "target met"
+        else:
+            why = [w for w, bad in ((f"gain below +{TARGET_GAIN:.0%}", gain < TARGET_GAIN),
+                                    (f"p >= {TARGET_P}", t["p"] >= TARGET_P)) if bad]
+            outcome = "improved, but target not met (" + ", ".join(why) + ")"
+        lines.append(f"- **{model}**: NDCG@10 {_mean_ndcg(plain):.4f} -> {_mean_ndcg(fusion):.4f} ({gain * 100:+.1f} %), "
+                     f"one-sided p = {t['p']:.2g}: {outcome}{partial}.")
+    best = max(((m, _mean_ndcg(groups[(m, "plain")])) for m in BACKBONES if groups.get((m, "plain"))),
+               key=lambda kv: kv[1], default=None)
+    m2sr = groups.get(("M2SR", "standalone"), [])
+    if best and m2sr:
+        ok = _mean_ndcg(m2sr) >= best[1]
+        lines.append(f"- **M2SR** vs the best plain backbone ({best[0]}, {best[1]:.4f}): {_mean_ndcg(m2sr):.4f}, "
+                     + ("matches or beats it." if ok else "**below** it: target not met.")
+                     + ("" if len(m2sr) >= FULL_SEEDS else f" ({len(m2sr)} of {FULL_SEEDS} seeds: provisional)"))
+    else:
+        lines.append("- **M2SR** vs the best plain backbone: not both run yet; no verdict.")
     return lines
 
 
@@ -152,8 +217,10 @@ def bar_chart(groups, path: Path) -> None:
     ax.set_ylabel("test NDCG@10 (full ranking)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def provenance(rows: list[dict], quick: bool) -> list[str]:
@@ -176,12 +243,42 @@ def report(results: Path, dataset: str, quick: bool = False) -> str:
              "## Test metrics, 100 uniformly sampled negatives (secondary; same users and models)", "",
              *metric_table(groups, "uni100"), "",
              "## Paired significance (per-user test NDCG@10, full ranking)", "", *significance(groups), "",
+             "## Targets (issue 5)", "", *verdicts(groups), "",
              "## NDCG@10 by popularity of the test item (training interactions)", "", *popularity(groups), "",
              "## The paper's reported numbers", "", *paper_table(), ""]
     text = "\n".join(lines)
-    results.with_suffix(".md").write_text(text)
+    atomic_write_bytes(results.with_suffix(".md"), text.encode())
     bar_chart(groups, results.with_suffix(".png"))
     return text
+
+
+def readme_section(results: Path, dataset: str) -> str:
+    """The README's compatibility section: provenance, main table, significance, verdicts, links."""
+    rows = read_results(results)
+    groups = group(rows, dataset)
+    runs = sum(len(v) for v in groups.values())
+    expected = FULL_SEEDS * (2 * len(BACKBONES) + len(STANDALONE))
+    rel = os.path.relpath(results, HERE.parent)
+    lines = [f"Produced by `python benchmarks/compat.py --seeds 0,1,2` then `python benchmarks/report.py --readme README.md`"
+             f" ({runs} of {expected} runs recorded).", *provenance(rows, False), "",
+             f"Full report (the table against 100 sampled negatives, NDCG by target popularity, the paper's numbers): "
+             f"`{rel[:-len('.jsonl')]}.md`; raw lines: `{rel}`; chart: `{rel[:-len('.jsonl')]}.png`.", "",
+             "Test metrics, full ranking over all items (mean ± std over seeds):", "", *metric_table(groups, "full"), "",
+             "Paired significance on per-user test NDCG@10 (one-sided Wilcoxon signed-rank, H1: fusion > plain):", "",
+             *significance(groups), "", "Targets (+10 % NDCG@10 with p < 0.05 per backbone; M2SR >= best plain):", "",
+             *verdicts(groups)]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, section: str) -> None:
+    """Replace the text between the compat markers of ``readme`` (atomically); error if the markers are missing."""
+    text = readme.read_text()
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{readme} has no '{README_BEGIN}' ... '{README_END}' block; add the two markers on their own "
+                         f"lines where the compatibility table belongs and run again")
+    new = text[:begin + len(README_BEGIN)] + "\n" + section.strip() + "\n" + text[end:]
+    atomic_write_bytes(readme, new.encode())
 
 
 def main(argv=None) -> int:
@@ -189,10 +286,18 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results" / "compat-ml-100k.jsonl")
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--quick", action="store_true", help="report the --quick rows instead of the real ones")
+    parser.add_argument("--readme", type=Path, help="also rewrite this README's compat block (between the markers)")
     args = parser.parse_args(argv)
     if not args.results.is_file():
         parser.error(f"{args.results} does not exist; run benchmarks/compat.py first")
+    if args.readme is not None and not args.readme.is_file():
+        parser.error(f"--readme {args.readme} does not exist")
     print(report(args.results, args.dataset, args.quick))
+    if args.readme is not None:
+        try:
+            update_readme(args.readme, readme_section(args.results, args.dataset))
+        except ValueError as err:
+            parser.error(str(err))
     return 0
 
 

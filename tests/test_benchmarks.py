@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -123,3 +124,48 @@ def test_compat_quick_end_to_end_and_report(tmp_path):
     assert len(compat.read_results(out)) == len(rows)
     text = report.report(out, "ml-100k", quick=True)
     assert "Wilcoxon" in text and "target pop" in text and out.with_suffix(".png").is_file()
+
+
+def _fake_run(model, variant, seed, ndcg_per_user):
+    n = len(ndcg_per_user)
+    metrics = {"mrr@10": sum(ndcg_per_user) / n / 2, "ndcg@10": sum(ndcg_per_user) / n, "hit@10": 0.1}
+    return {"dataset": "ml-100k", "model": model, "variant": variant, "seed": seed,
+            "test": {"full": metrics, "uni100": metrics}, "valid": {"full": metrics, "uni100": metrics},
+            "per_user": {"user": list(range(n)), "ndcg@10": ndcg_per_user, "target_pop": [5, 20, 100] * (n // 3)},
+            "commit": "abc1234", "torch": "2", "device": "cpu", "date": f"2026-01-0{seed + 1}", "command": "x"}
+
+
+def test_report_verdicts_and_readme_block(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 0.2, 300)
+    rows = []
+    for seed in range(3):
+        rows += [_fake_run("GRU4Rec", "plain", seed, list(base)),
+                 _fake_run("GRU4Rec", "fusion", seed, list(base * 1.5 + 0.01)),  # clearly better
+                 _fake_run("BPR", "plain", seed, list(base)),
+                 _fake_run("BPR", "fusion", seed, list(base * 0.9)),  # clearly worse
+                 _fake_run("M2SR", "standalone", seed, list(base * 0.5))]
+    rows.append(_fake_run("SASRec", "plain", 0, list(base)))
+    rows.append(_fake_run("SASRec", "fusion", 0, list(base * 1.05 + 0.001)))  # small gain, one seed
+    path = tmp_path / "r.jsonl"
+    for row in rows:
+        compat.append_result(path, row)
+    lines = report.verdicts(report.group(compat.read_results(path), "ml-100k"))
+    text = "\n".join(lines)
+    assert "**GRU4Rec**" in text and "target met" in next(line for line in lines if "GRU4Rec" in line)
+    assert "did **not** improve" in next(line for line in lines if "**BPR**" in line)
+    sasrec = next(line for line in lines if "**SASRec**" in line)
+    assert "gain below +10%" in sasrec and "provisional" in sasrec
+    assert "no paired" in next(line for line in lines if "**FPMC**" in line)
+    assert "**below** it" in next(line for line in lines if "**M2SR**" in line)
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{report.README_BEGIN}\nold table\n{report.README_END}\nafter\n")
+    assert report.main(["--results", str(path), "--readme", str(readme)]) == 0
+    new = readme.read_text()
+    assert "old table" not in new and new.startswith("# x\n\nbefore\n") and new.endswith(f"{report.README_END}\nafter\n")
+    assert "| GRU4Rec | fusion | 0,1,2 |" in new and "17 of 30 runs recorded" in new
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit):
+        report.main(["--results", str(path), "--readme", str(readme)])
+    assert readme.read_text() == "# no markers\n"
