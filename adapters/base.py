@@ -10,6 +10,15 @@ An adapter is an ``nn.Module`` installed on a RecBole model as ``model.fusion_ad
   stay out of checkpoints).
 
 Both output Linears start at zero, so a freshly attached model scores exactly like its backbone.
+
+Inference cache: in eval mode with autograd off (``model.eval()`` and ``torch.no_grad()``, as in
+RecBole's evaluation), the projected feature tables and the items' content vectors are computed once
+and reused. The cache is dropped by ``model.train()``, by any call with autograd on (every training
+step runs one before its optimiser step, which matters for fused optimisers: they do not bump version
+counters), and whenever an adapter parameter or buffer changes storage or in-place version
+(``load_state_dict``, ``.to()``, in-place edits). Edits through ``.data`` bypass all of these: call
+``model.fusion_adapter.clear_cache()`` after them. With autograd on nothing is cached (a cached graph
+could be back-propagated twice).
 Candidate embeddings are swapped for :class:`ContentEmbedding` wrappers whose ``weight`` is
 ``base_layer.weight + item_out(content)``: RecBole reads ``item_embedding.weight`` directly in
 ``calculate_loss`` (CE) and ``full_sort_predict``, and all of them see the fused items.
@@ -121,6 +130,7 @@ class FusionAdapter(nn.Module):
         for linear in [self.user_out, *self.item_out.values()]:
             nn.init.zeros_(linear.weight)  # freshly attached == base model
         self._model_ref: list[nn.Module] = []  # the host model, kept out of the module tree
+        self._memo: dict[str, tuple[tuple, Any]] = {}  # inference cache, see the module docstring
 
     # ---------------------------------------------------------------- sizes and checks
     @classmethod
@@ -138,10 +148,39 @@ class FusionAdapter(nn.Module):
     def tables(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, f"table_{name}") for name in self.modalities}
 
+    def clear_cache(self) -> None:
+        """Drop the inference cache (see the module docstring for when this happens by itself)."""
+        self._memo.clear()
+
+    def train(self, mode: bool = True) -> "FusionAdapter":
+        if mode:
+            self.clear_cache()
+        return super().train(mode)
+
+    def _memoised(self, key: str, compute):
+        """``compute()``, reused in eval mode with autograd off while no adapter tensor has changed."""
+        if torch.is_grad_enabled() or self.training:
+            self.clear_cache()
+            return compute()
+        stamp = tuple((t.data_ptr(), t._version, t.dtype) for t in [*self.parameters(), *self.buffers()])
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = compute()
+        self._memo[key] = (stamp, value)
+        return value
+
+    def projected_tables(self) -> dict[str, torch.Tensor]:
+        """``{modality: (n_items, H)}``: the content tables through the fusion's input projections."""
+        return self._memoised("projected_tables", lambda: self.fusion.project_tables(self.tables()))
+
     def item_content(self) -> torch.Tensor:
         """(n_items, H): the sum of the items' projected modality features, zero for absent items."""
-        projected = self.fusion.project_tables(self.tables())
-        return F.gelu(torch.stack(list(projected.values())).sum(0)) * self.item_present
+        def compute() -> torch.Tensor:
+            projected = self.projected_tables()
+            return F.gelu(torch.stack(list(projected.values())).sum(0)) * self.item_present
+
+        return self._memoised("item_content", compute)
 
     def item_delta(self, name: str) -> torch.Tensor:
         return self.item_out[name](self.item_content())
@@ -149,13 +188,13 @@ class FusionAdapter(nn.Module):
     def fuse_history(self, item_seq: torch.Tensor, *, id_table: torch.Tensor | None = None,
                      id_sequence: torch.Tensor | None = None) -> torch.Tensor:
         """(B, H_out): the fused history at its newest item, through ``user_out`` (zero at attach)."""
-        tables = self.tables()
-        sequences = {}
+        tables, sequences = {}, {}
         if id_sequence is not None:
             sequences["id"] = id_sequence
         else:
             tables["id"] = id_table
-        fused = self.fusion.forward_items(item_seq, tables, sequences=sequences, last_only=True)
+        fused = self.fusion.forward_items(item_seq, tables, sequences=sequences,
+                                          projected_tables=self.projected_tables(), last_only=True)
         return self.user_out(self.output_dropout(fused))
 
     # ---------------------------------------------------------------- install / uninstall

@@ -156,9 +156,9 @@ def verdicts(groups) -> list[str]:
     m2sr = groups.get(("M2SR", "standalone"), [])
     if best and m2sr:
         ok = _mean_ndcg(m2sr) >= best[1]
+        partial = "" if len(m2sr) >= FULL_SEEDS else f" (M2SR on {len(m2sr)} of {FULL_SEEDS} seeds: provisional)"
         lines.append(f"- **M2SR** vs the best plain backbone ({best[0]}, {best[1]:.4f}): {_mean_ndcg(m2sr):.4f}, "
-                     + ("matches or beats it." if ok else "**below** it: target not met.")
-                     + ("" if len(m2sr) >= FULL_SEEDS else f" ({len(m2sr)} of {FULL_SEEDS} seeds: provisional)"))
+                     + ("matches or beats it" if ok else "**below** it: target not met") + partial + ".")
     else:
         lines.append("- **M2SR** vs the best plain backbone: not both run yet; no verdict.")
     return lines

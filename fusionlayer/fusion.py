@@ -152,6 +152,7 @@ class FeatureFusionLayer(nn.Module):
         tables: Mapping[str, torch.Tensor],
         *,
         sequences: Mapping[str, torch.Tensor] | None = None,
+        projected_tables: Mapping[str, torch.Tensor] | None = None,
         mask: torch.Tensor | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
@@ -167,10 +168,14 @@ class FeatureFusionLayer(nn.Module):
             sequences: ``{name: (B, L, D_name)}`` streams that are already per position (e.g. a
                 backbone's own sequence output). Tables and sequences together must cover exactly
                 the configured modalities.
+            projected_tables: ``{name: (N, H)}`` tables already passed through
+                :meth:`project_tables` (lets a caller reuse one projection, e.g. an inference cache).
+                Tables, projected tables and sequences together cover each modality exactly once.
             mask: ``(B, L)`` bool; default ``item_seq != 0`` (RecBole's padding id).
             last_only: see :meth:`forward`.
         """
         sequences = dict(sequences or {})
+        projected_tables = dict(projected_tables or {})
         if not isinstance(item_seq, torch.Tensor) or item_seq.dim() != 2 or item_seq.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"item_seq must be an integer tensor of shape (B, L), got {getattr(item_seq, 'dtype', type(item_seq))} "
                             f"{tuple(getattr(item_seq, 'shape', ()))}")
@@ -179,12 +184,21 @@ class FeatureFusionLayer(nn.Module):
         B, L = self._check_mask(mask)
         if item_seq.shape != mask.shape:
             raise ValueError(f"item_seq {tuple(item_seq.shape)} and mask {tuple(mask.shape)} must have the same shape")
-        both = set(tables) & set(sequences)
-        if both:
-            raise ValueError(f"modalities {sorted(both)} were given both as tables and as sequences; give each once")
-        self._check_keys(set(tables) | set(sequences))
+        kinds = {"tables": set(tables), "projected_tables": set(projected_tables), "sequences": set(sequences)}
+        seen: dict[str, str] = {}
+        for kind, names in kinds.items():
+            for name in sorted(names):
+                if name in seen:
+                    raise ValueError(f"modality {name!r} was given both in {seen[name]} and in {kind}; give each once")
+                seen[name] = kind
+        self._check_keys(set(seen))
         for name, table in tables.items():
             self._check_width(name, table, "tables")
+        H = self.config.hidden_size
+        for name, table in projected_tables.items():
+            if not isinstance(table, torch.Tensor) or table.dim() != 2 or table.shape[1] != H:
+                raise ValueError(f"projected_tables[{name!r}] must be an (N, hidden_size={H}) tensor from "
+                                 f"project_tables(), got {tuple(getattr(table, 'shape', ()))}")
         for name, x in sequences.items():
             self._check_width(name, x, "sequences")
             if x.dim() != 3 or x.shape[:2] != (B, L):
@@ -192,6 +206,7 @@ class FeatureFusionLayer(nn.Module):
         order, aligned_mask = self._align(mask)
         aligned_seq = item_seq.gather(1, order)
         streams = {name: self.projections[name](table)[aligned_seq] for name, table in tables.items()}
+        streams.update({name: table[aligned_seq] for name, table in projected_tables.items()})
         streams.update({name: torch.take_along_dim(self.projections[name](x), order.unsqueeze(-1), dim=1)
                         for name, x in sequences.items()})
         return self._finish(self._mix(streams, aligned_mask), order, last_only)

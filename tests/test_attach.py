@@ -206,6 +206,41 @@ def test_unregistered_sequential_model_gets_generic_adapter(setups):
     assert torch.isfinite(model.full_sort_predict(next(iter(test))[0])).all()
 
 
+@pytest.mark.parametrize("name", ["SASRec", "FPMC"])
+def test_inference_cache_reuses_projections_until_a_parameter_changes(name, setups, monkeypatch):
+    model, _, data = fresh(name, setups)
+    adapter = model.fusion_adapter
+    with torch.no_grad():  # give the zero-initialised outputs some weight so the content matters
+        for p in [adapter.user_out.weight, *(m.weight for m in adapter.item_out.values())]:
+            p.normal_(0, 0.1)
+    calls = []
+    project = adapter.fusion.project_tables
+    monkeypatch.setattr(adapter.fusion, "project_tables", lambda tables: calls.append(1) or project(tables))
+    first, _ = scores(model, data)
+    n_first = len(calls)
+    again, _ = scores(model, data)
+    assert again.equal(first) and len(calls) == n_first == 1  # computed once, then reused
+    with torch.no_grad():
+        next(adapter.fusion.projections["text"].parameters()).mul_(2)  # in place, as an optimiser step would
+    changed, _ = scores(model, data)
+    assert len(calls) == 2 and not changed.equal(first)
+    adapter.clear_cache()
+    assert scores(model, data)[0].equal(changed)  # the cached value equals a fresh computation
+    model.train()
+    batch = data[4]
+    model.calculate_loss(batch)
+    model.calculate_loss(batch)
+    assert len(calls) >= 5 and not adapter._memo  # with autograd on nothing is cached (3 before, >= 1 per loss)
+    # A fused optimiser step does not bump version counters; the grad-enabled forward before it drops the cache.
+    before, _ = scores(model, data)  # eval mode, cache filled; stay in eval mode for the step below
+    opt = torch.optim.Adam(adapter.parameters(), lr=0.1, fused=True)
+    model.calculate_loss(batch).backward()
+    opt.step()
+    after, _ = scores(model, data)
+    adapter.clear_cache()
+    assert not after.equal(before) and scores(model, data)[0].equal(after)
+
+
 def test_list_adapters_names_the_four_backbones():
     assert fusionlayer.list_adapters() == {"SASRec": "SASRecAdapter", "GRU4Rec": "GRU4RecAdapter",
                                            "FPMC": "FPMCAdapter", "BPR": "BPRAdapter"}

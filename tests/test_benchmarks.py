@@ -169,3 +169,16 @@ def test_report_verdicts_and_readme_block(tmp_path):
     with pytest.raises(SystemExit):
         report.main(["--results", str(path), "--readme", str(readme)])
     assert readme.read_text() == "# no markers\n"
+
+
+def test_inference_cache_benchmark_writes_results(tmp_path):
+    from benchmarks import inference_cache
+
+    out = tmp_path / "cache.json"
+    assert inference_cache.main(["--models", "BPR", "--calls", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["model"] == "BPR" and row["uncached_p50_ms"] > 0 and row["cached_p50_ms"] > 0
+    assert {"command", "commit", "device", "date"} <= set(result)
+    with pytest.raises(SystemExit):
+        inference_cache.main(["--models", "Caser"])

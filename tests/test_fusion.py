@@ -74,6 +74,9 @@ def test_forward_items_equals_forward_on_gathered_rows(fusion_layer):
     rest = {k: v for k, v in tables.items() if k != "id"}
     torch.testing.assert_close(fusion_layer.forward_items(item_seq, rest, sequences=seq, last_only=True),
                                fusion_layer(gathered, mask, last_only=True))
+    projected = fusion_layer.project_tables(rest)  # reusing one projection gives the same result
+    assert fusion_layer.forward_items(item_seq, {}, sequences=seq, projected_tables=projected, last_only=True).equal(
+        fusion_layer.forward_items(item_seq, rest, sequences=seq, last_only=True))
 
 
 def flops(layer, L, B=2):
@@ -159,9 +162,12 @@ def test_bad_inputs_raise_clear_errors(fusion_layer):
         fusion_layer(long_x, torch.ones(1, 11, dtype=torch.bool))
     with pytest.raises(TypeError, match="item_seq must be an integer tensor"):
         fusion_layer.forward_items(torch.zeros(2, 5), {})
-    with pytest.raises(ValueError, match="both as tables and as sequences"):
+    with pytest.raises(ValueError, match="both in tables and in sequences"):
         fusion_layer.forward_items(torch.ones(2, 5, dtype=torch.long), {"id": torch.randn(3, 16)},
                                    sequences={"id": torch.randn(2, 5, 16)})
+    with pytest.raises(ValueError, match=r"projected_tables\['image'\] must be an \(N, hidden_size="):
+        fusion_layer.forward_items(torch.ones(2, 5, dtype=torch.long), {"text": torch.randn(3, 12)},
+                                   sequences={"id": torch.randn(2, 5, 16)}, projected_tables={"image": torch.randn(3, 20)})
 
 
 def test_public_api_exports():
