@@ -4,9 +4,13 @@ Grid: backbones {FPMC, BPR, GRU4Rec, SASRec} x {plain, fusion (attach)}, plus th
 MLPMixerRec (ID only) and M2SR, over seeds. Protocol in ``fusionlayer.data.recbole_data.PROTOCOL``
 (5-core, L <= 50, leave-one-out by time, full ranking); hyper-parameters in
 ``benchmarks/compat_config.json``. Every finished run appends one JSON line to the results file;
-a re-run skips what is recorded, so the grid completes over several sittings.
+a re-run skips what is recorded, so the grid completes over several sittings. Several processes
+may share one results file: each run is claimed first (``<results>.claims/<run>.json``, created
+with O_EXCL, removed when the run's line is written), so no two live workers train the same run; a
+claim left by a process that died on this host is taken over.
 
     python benchmarks/compat.py                     # the full ML-100K grid (hours on 2 CPU cores)
+    python benchmarks/compat.py --workers 2 --threads 1   # two single-thread worker processes
     python benchmarks/compat.py --quick             # 1 epoch, 60 users: wiring check (~1-2 min)
     python benchmarks/compat.py --models BPR,FPMC --seeds 0
     python benchmarks/report.py                     # tables, significance, popularity, PNG
@@ -92,13 +96,62 @@ def append_result(path: Path, row: dict) -> None:
         os.close(fd)
 
 
+def claims_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".claims")
+
+
+def _claim_holder_alive(path: Path) -> bool:
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):  # being written this instant, or unreadable: trust it while it is fresh
+        try:
+            return time.time() - path.stat().st_mtime < 60
+        except OSError:
+            return False
+    if info.get("host") != platform.node():
+        logger.warning("%s is held by a process on host %s; delete the file if that worker is gone", path, info.get("host"))
+        return True
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    return True
+
+
+def claim_run(out: Path, key: tuple) -> Path | None:
+    """Claim one run for this process (O_EXCL file); None when a live worker holds it."""
+    folder = claims_dir(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ("__".join(str(part) for part in key) + ".json")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            if _claim_holder_alive(path):
+                return None
+            logger.info("taking over %s: the process that claimed it is gone", path.name)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": platform.node(), "started": time.time()}, f)
+        return path
+    return None
+
+
 @functools.cache
 def git_commit() -> str:
-    """The checkout's commit when the process started (code edits after that do not reach it)."""
+    """The checkout's commit when the process started (code edits after that do not reach it).
+
+    ``-dirty`` marks uncommitted changes to code; results files and markdown do not count.
+    """
+    root = HERE.parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
-                               capture_output=True, text=True).stdout.strip()
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results", ":(exclude)*.md"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -255,7 +308,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes sharing the grid through run claims (give each --threads)")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.dataset not in DATASETS:
         parser.error(f"unknown dataset {args.dataset!r}; choose from {DATASETS}")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -281,18 +338,58 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.workers > 1:
+        return run_workers(args, sys.argv[1:] if argv is None else list(argv))
     hparams = load_hparams()
     git_commit()
     done = {run_key(r) for r in read_results(args.out)}
     todo = [(m, v, s) for m, v, s in grid(args.models, args.seeds) if (args.dataset, m, v, s, args.quick) not in done]
     logger.info("%d runs recorded in %s, %d to do", len(done), args.out, len(todo))
-    for count, (model, variant, seed) in enumerate(todo[: args.max_runs]):
-        logger.info("run %d/%d: %s %s seed %d", count + 1, len(todo), model, variant, seed)
-        row = run_one(model, variant, seed, args, hparams)
-        append_result(args.out, row)
+    finished = 0
+    for count, (model, variant, seed) in enumerate(todo):
+        if args.max_runs is not None and finished >= args.max_runs:
+            break
+        key = (args.dataset, model, variant, seed, args.quick)
+        if key in {run_key(r) for r in read_results(args.out)}:
+            continue  # another worker recorded it meanwhile
+        claim = claim_run(args.out, key)
+        if claim is None:
+            logger.info("run %d/%d: %s %s seed %d is claimed by another worker; skipped", count + 1, len(todo), model, variant, seed)
+            continue
+        try:
+            logger.info("run %d/%d: %s %s seed %d", count + 1, len(todo), model, variant, seed)
+            row = run_one(model, variant, seed, args, hparams)
+            append_result(args.out, row)
+        finally:
+            claim.unlink(missing_ok=True)
+        finished += 1
         logger.info("  test full ndcg@10 %.4f  mrr@10 %.4f  (best epoch %d of %d, %.0f s)", row["test"]["full"]["ndcg@10"],
                     row["test"]["full"]["mrr@10"], row["best_epoch"], row["epochs_run"], row["train_seconds"])
     return 0
+
+
+def without_workers(argv: list[str]) -> list[str]:
+    """``argv`` minus ``--workers N`` / ``--workers=N``."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--workers":
+            skip = True
+        elif not item.startswith("--workers="):
+            out.append(item)
+    return out
+
+
+def run_workers(args, argv: list[str]) -> int:
+    """Start ``--workers`` copies of this script without ``--workers``; they share the grid through claims."""
+    child_argv = without_workers(argv)
+    children = []
+    for _ in range(args.workers):
+        children.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *child_argv]))
+        time.sleep(1)  # stagger start-up so the first claims do not collide on data preparation
+    codes = [child.wait() for child in children]
+    return max(codes)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -182,3 +185,31 @@ def test_inference_cache_benchmark_writes_results(tmp_path):
     assert {"command", "commit", "device", "date"} <= set(result)
     with pytest.raises(SystemExit):
         inference_cache.main(["--models", "Caser"])
+
+
+def test_workers_share_the_grid_through_claims(tmp_path, monkeypatch):
+    out = tmp_path / "r.jsonl"
+    ran = []
+
+    def fake_run_one(model, variant, seed, args, hparams):
+        ran.append((model, variant, seed))
+        assert compat.claims_dir(out).joinpath(f"ml-100k__{model}__{variant}__{seed}__False.json").is_file()
+        return {**_fake_run(model, variant, seed, [0.1, 0.2, 0.3]), "best_epoch": 1, "epochs_run": 1, "train_seconds": 1.0}
+
+    monkeypatch.setattr(compat, "run_one", fake_run_one)
+    held = compat.claim_run(out, ("ml-100k", "BPR", "fusion", 0, False))  # a live worker (this process) holds it
+    assert held is not None and compat.claim_run(out, ("ml-100k", "BPR", "fusion", 0, False)) is None
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = compat.claims_dir(out) / "ml-100k__FPMC__plain__0__False.json"
+    stale.write_text(json.dumps({"pid": dead.pid, "host": platform.node(), "started": 0}))
+    assert compat.main(["--models", "BPR,FPMC", "--seeds", "0", "--out", str(out)]) == 0
+    assert ran == [("BPR", "plain", 0), ("FPMC", "plain", 0), ("FPMC", "fusion", 0)]  # the stale claim was taken over
+    assert {f.name for f in compat.claims_dir(out).iterdir()} == {held.name}  # finished runs release their claims
+    held.unlink()
+    assert compat.main(["--models", "BPR,FPMC", "--seeds", "0", "--out", str(out)]) == 0
+    assert ran[-1] == ("BPR", "fusion", 0) and len(compat.read_results(out)) == 4
+    with pytest.raises(SystemExit):
+        compat.parse_args(["--workers", "0"])
+    assert compat.without_workers(["--seeds", "1", "--workers", "2", "--threads", "1", "--workers=3"]) == [
+        "--seeds", "1", "--threads", "1"]
