@@ -24,9 +24,9 @@ before any result existed (fusion width 32, one Mixer block per stream plus one 
 token/channel hidden 32/64, dropout 0.2 on the fused vector only, zero-initialised outputs, both
 sides on), trained with the backbone's own hyper-parameters and epoch cap (``compat_config.json``).
 Nothing was tuned, on validation or test.
-Outcome so far (the grid was still running; the report has the current table): GRU4Rec gained on both
-paired seeds (NDCG@10 0.0594 -> 0.0623, +4.9 %, one-sided p = 0.21: below the +10 % target, not
-significant); SASRec lost on its one paired seed (0.0574 -> 0.0526, -8.3 %), its best validation
+Outcome: GRU4Rec, seeds 0-2, gained (test NDCG@10 0.0591 -> 0.0621, +5.1 %, one-sided Wilcoxon
+p = 0.11: below the +10 % target and not significant); SASRec, on the one paired seed finished so far
+(the report has the current table), lost (0.0574 -> 0.0526, -8.3 %); its best validation
 epoch with fusion came earlier (1 vs 2 of 5), which points at the fusion overfitting inside SASRec's
 5-epoch cap. Not tried yet (validation only): a lower learning rate or more dropout for the fusion
 parameters, the candidate side alone, a narrower fusion.
