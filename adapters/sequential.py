@@ -25,10 +25,10 @@ token/channel hidden 32/64, dropout 0.2 on the fused vector only, zero-initialis
 sides on), trained with the backbone's own hyper-parameters and epoch cap (``compat_config.json``).
 Nothing was tuned, on validation or test.
 Outcome: GRU4Rec, seeds 0-2, gained (test NDCG@10 0.0591 -> 0.0621, +5.1 %, one-sided Wilcoxon
-p = 0.11: below the +10 % target and not significant); SASRec, on the one paired seed finished so far
-(the report has the current table), lost (0.0574 -> 0.0526, -8.3 %); its best validation
-epoch with fusion came earlier (1 vs 2 of 5), which points at the fusion overfitting inside SASRec's
-5-epoch cap. Not tried yet (validation only): a lower learning rate or more dropout for the fusion
+p = 0.11: below the +10 % target and not significant); SASRec, on the two paired seeds finished so
+far (seed 2 pending; the report has the current table), lost (0.0590 -> 0.0566, -4.1 %, p = 0.65):
+seed 0 -8.3 %, seed 1 level (0.0606 both). In seed 0 its best validation epoch with fusion came
+earlier (1 vs 2 of 5), which points at the fusion overfitting inside SASRec's 5-epoch cap. Not tried yet (validation only): a lower learning rate or more dropout for the fusion
 parameters, the candidate side alone, a narrower fusion.
 """
 
