@@ -19,6 +19,13 @@ counters), and whenever an adapter parameter or buffer changes storage or in-pla
 (``load_state_dict``, ``.to()``, in-place edits). Edits through ``.data`` bypass all of these: call
 ``model.fusion_adapter.clear_cache()`` after them. With autograd on nothing is cached (a cached graph
 could be back-propagated twice).
+
+What was tried in the compatibility benchmark (``benchmarks/compat.py``, ML-100K, full ranking;
+numbers in ``benchmarks/results/compat-ml-100k.md``): only the adapter defaults, chosen for step cost
+before any result existed (fusion width 32, one Mixer block per stream plus one fusion block,
+token/channel hidden 32/64, dropout 0.2 on the fused vector only, zero-initialised outputs, both
+sides on), trained with the backbone's own hyper-parameters and epoch cap (``compat_config.json``).
+Nothing was tuned, on validation or test.
 Candidate embeddings are swapped for :class:`ContentEmbedding` wrappers whose ``weight`` is
 ``base_layer.weight + item_out(content)``: RecBole reads ``item_embedding.weight`` directly in
 ``calculate_loss`` (CE) and ``full_sort_predict``, and all of them see the fused items.

@@ -14,12 +14,7 @@ Where fusion enters, and why:
 * **Candidate side.** ``item_embedding`` becomes a :class:`ContentEmbedding`, so every score,
   including ``full_sort_predict``'s ``item_embedding.weight``, sees the item's content.
 
-What was tried in the compatibility benchmark (``benchmarks/compat.py``, ML-100K, full ranking;
-numbers in ``benchmarks/results/compat-ml-100k.md``): only the adapter defaults, chosen for step cost
-before any result existed (fusion width 32, one Mixer block per stream plus one fusion block,
-token/channel hidden 32/64, dropout 0.2 on the fused vector only, zero-initialised outputs, both
-sides on), trained with the backbone's own hyper-parameters and epoch cap (``compat_config.json``).
-Nothing was tuned, on validation or test.
+Compatibility benchmark: what was tried is in ``fusionlayer.adapters.base`` (defaults only, nothing tuned).
 Outcome, seeds 0-2 (commits 967c93d, f0c7f8e, 0c4957e): test NDCG@10 0.0522 plain vs 0.0495 with
 fusion (-5.2 %, one-sided Wilcoxon p = 0.72): **no improvement** under full ranking (+6.1 % against 100
 sampled negatives). Not tried yet, each to be judged on validation MRR@10 only: a lower learning rate

@@ -14,12 +14,7 @@ FPMC scores ``<UI(u), IU(i)> + <IL(i), LI(last item)>``. Where fusion enters, an
 versions that differ from FPMC's only by these two additions (``calculate_loss`` fuses the history
 once for the positive and the negative item instead of twice).
 
-What was tried in the compatibility benchmark (``benchmarks/compat.py``, ML-100K, full ranking;
-numbers in ``benchmarks/results/compat-ml-100k.md``): only the adapter defaults, chosen for step cost
-before any result existed (fusion width 32, one Mixer block per stream plus one fusion block,
-token/channel hidden 32/64, dropout 0.2 on the fused vector only, zero-initialised outputs, both
-sides on), trained with the backbone's own hyper-parameters and epoch cap (``compat_config.json``).
-Nothing was tuned, on validation or test.
+Compatibility benchmark: what was tried is in ``fusionlayer.adapters.base`` (defaults only, nothing tuned).
 Outcome, seeds 0-2 (commits 967c93d, f0c7f8e, 0c4957e): test NDCG@10 0.0396 plain vs 0.0379 with
 fusion (-4.3 %, one-sided Wilcoxon p = 0.48): **no improvement** under full ranking (+0.5 % against 100
 sampled negatives). The same untried options as for BPR apply (lower fusion learning rate, candidate

@@ -18,12 +18,7 @@ A model that is not registered but has ``item_embedding`` and ``forward(item_seq
 returning ``(B, H)`` gets :class:`GenericSequentialAdapter`: the same two sides, with the history's
 item embeddings as the ID stream (no hook into an unknown backbone).
 
-What was tried in the compatibility benchmark (``benchmarks/compat.py``, ML-100K, full ranking;
-numbers in ``benchmarks/results/compat-ml-100k.md``): only the adapter defaults, chosen for step cost
-before any result existed (fusion width 32, one Mixer block per stream plus one fusion block,
-token/channel hidden 32/64, dropout 0.2 on the fused vector only, zero-initialised outputs, both
-sides on), trained with the backbone's own hyper-parameters and epoch cap (``compat_config.json``).
-Nothing was tuned, on validation or test.
+Compatibility benchmark: what was tried is in ``fusionlayer.adapters.base`` (defaults only, nothing tuned).
 Outcome: GRU4Rec, seeds 0-2, gained (test NDCG@10 0.0591 -> 0.0621, +5.1 %, one-sided Wilcoxon
 p = 0.11: below the +10 % target and not significant); SASRec, on the two paired seeds finished so
 far (seed 2 pending; the report has the current table), lost (0.0590 -> 0.0566, -4.1 %, p = 0.65):
