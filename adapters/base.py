@@ -26,6 +26,7 @@ before any result existed (fusion width 32, one Mixer block per stream plus one 
 token/channel hidden 32/64, dropout 0.2 on the fused vector only, zero-initialised outputs, both
 sides on), trained with the backbone's own hyper-parameters and epoch cap (``compat_config.json``).
 Nothing was tuned, on validation or test.
+
 Candidate embeddings are swapped for :class:`ContentEmbedding` wrappers whose ``weight`` is
 ``base_layer.weight + item_out(content)``: RecBole reads ``item_embedding.weight`` directly in
 ``calculate_loss`` (CE) and ``full_sort_predict``, and all of them see the fused items.
