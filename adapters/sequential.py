@@ -20,11 +20,11 @@ item embeddings as the ID stream (no hook into an unknown backbone).
 
 Compatibility benchmark: what was tried is in ``fusionlayer.adapters.base`` (defaults only, nothing tuned).
 Outcome: GRU4Rec, seeds 0-2, gained (test NDCG@10 0.0591 -> 0.0621, +5.1 %, one-sided Wilcoxon
-p = 0.11: below the +10 % target and not significant); SASRec, on the two paired seeds finished so
-far (seed 2 pending; the report has the current table), lost (0.0590 -> 0.0566, -4.1 %, p = 0.65):
-seed 0 -8.3 %, seed 1 level (0.0606 both). In seed 0 its best validation epoch with fusion came
-earlier (1 vs 2 of 5), which points at the fusion overfitting inside SASRec's 5-epoch cap. Not tried yet (validation only): a lower learning rate or more dropout for the fusion
-parameters, the candidate side alone, a narrower fusion.
+p = 0.11: below the +10 % target and not significant); SASRec, seeds 0-2, gained a little and not
+significantly (0.0585 -> 0.0599, +2.4 %, p = 0.29), with a wide spread: seed 0 -8.4 % (best validation
+epoch 1 with fusion vs 2 plain, which points at the fusion overfitting early), seed 1 level (0.0606
+both), seed 2 +15.6 % (0.0576 -> 0.0666). Not tried yet (validation only): a lower learning rate
+or more dropout for the fusion parameters, the candidate side alone, a narrower fusion.
 """
 
 from __future__ import annotations
