@@ -13,6 +13,8 @@ claim left by a process that died on this host is taken over.
     python benchmarks/compat.py --workers 2 --threads 1   # two single-thread worker processes
     python benchmarks/compat.py --quick             # 1 epoch, 60 users: wiring check (~1-2 min)
     python benchmarks/compat.py --models BPR,FPMC --seeds 0
+    python benchmarks/compat.py --models BPR --seeds 0 --fusion-option output_dropout=0.5 \
+        --out benchmarks/results/ablation/BPR-output_dropout-0.5.jsonl   # a fusion variant, fusion runs only
     python benchmarks/report.py                     # tables, significance, popularity, PNG
 """
 
@@ -51,14 +53,52 @@ def load_hparams(path: Path = HERE / "compat_config.json") -> dict:
     return json.loads(path.read_text())
 
 
-def grid(models: list[str], seeds: list[int]) -> list[tuple[str, str, int]]:
-    """(model, variant, seed) in run order: seed-major, so every model gets seed 0 first."""
+def grid(models: list[str], seeds: list[int], *, fusion_only: bool = False) -> list[tuple[str, str, int]]:
+    """(model, variant, seed) in run order: seed-major, so every model gets seed 0 first.
+
+    ``fusion_only``: just the backbones' +fusion runs (for ``--fusion-option`` variants, whose plain
+    baselines are the main grid's).
+    """
     runs = []
     for seed in seeds:
         for model in models:
             variants = ["standalone"] if model in STANDALONE else ["plain", "fusion"]
-            runs += [(model, variant, seed) for variant in variants]
+            runs += [(model, variant, seed) for variant in variants if not fusion_only or variant == "fusion"]
     return runs
+
+
+def parse_fusion_options(pairs: list[str]) -> dict:
+    """``["output_dropout=0.5", "hidden_size=16"]`` -> ``{"output_dropout": 0.5, "hidden_size": 16}``.
+
+    Keys are checked against what ``attach()`` accepts (FusionConfig fields, ``output_dropout``);
+    values are read as JSON (numbers, booleans), else kept as strings. Raises ValueError.
+    """
+    from dataclasses import fields
+
+    from fusionlayer.config import FusionConfig
+
+    allowed = sorted({f.name for f in fields(FusionConfig)} - {"modality_dims"} | {"output_dropout"})
+    options = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--fusion-option takes KEY=VALUE, got {pair!r}; e.g. --fusion-option output_dropout=0.5")
+        if key not in allowed:
+            raise ValueError(f"--fusion-option: unknown key {key!r}; attach() accepts {allowed}")
+        try:
+            options[key] = json.loads(text)
+        except ValueError:
+            options[key] = text
+    dropout = options.get("output_dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"--fusion-option output_dropout must be a number in [0, 1), got {dropout!r}")
+    config = {k: v for k, v in options.items() if k != "output_dropout"}
+    try:
+        FusionConfig(modality_dims={"id": 1}, **config)  # the checks attach() would make, before any training
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--fusion-option: {exc}") from None
+    return options
 
 
 def read_results(path: Path) -> list[dict]:
@@ -310,7 +350,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes sharing the grid through run claims (give each --threads)")
+    parser.add_argument("--fusion-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one attach() option of compat_config.json's 'fusion' block (repeatable); "
+                             "runs only the backbones' +fusion variants and needs its own --out")
     args = parser.parse_args(argv)
+    try:
+        args.fusion_options = parse_fusion_options(args.fusion_option)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.dataset not in DATASETS:
@@ -325,8 +372,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    default_out = RESULTS / f"compat-{args.dataset}{'-quick' if args.quick else ''}.jsonl"
+    if args.fusion_options:
+        if args.out is None or args.out.resolve() == default_out.resolve():
+            parser.error("--fusion-option needs its own --out (e.g. benchmarks/results/ablation/<name>.jsonl): "
+                         "a variant's runs must not mix into the main grid, whose rows are keyed without it")
+        if not set(args.models) & set(BACKBONES):
+            parser.error(f"--fusion-option applies to the backbones {BACKBONES}, got --models {','.join(args.models)}")
     if args.out is None:
-        args.out = RESULTS / f"compat-{args.dataset}{'-quick' if args.quick else ''}.jsonl"
+        args.out = default_out
     return args
 
 
@@ -341,9 +395,11 @@ def main(argv=None) -> int:
     if args.workers > 1:
         return run_workers(args, sys.argv[1:] if argv is None else list(argv))
     hparams = load_hparams()
+    hparams["fusion"] = {**hparams["fusion"], **args.fusion_options}
     git_commit()
     done = {run_key(r) for r in read_results(args.out)}
-    todo = [(m, v, s) for m, v, s in grid(args.models, args.seeds) if (args.dataset, m, v, s, args.quick) not in done]
+    runs = grid(args.models, args.seeds, fusion_only=bool(args.fusion_options))
+    todo = [(m, v, s) for m, v, s in runs if (args.dataset, m, v, s, args.quick) not in done]
     logger.info("%d runs recorded in %s, %d to do", len(done), args.out, len(todo))
     finished = 0
     for count, (model, variant, seed) in enumerate(todo):
