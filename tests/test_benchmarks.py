@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 import sys
 import warnings
@@ -213,3 +214,39 @@ def test_workers_share_the_grid_through_claims(tmp_path, monkeypatch):
         compat.parse_args(["--workers", "0"])
     assert compat.without_workers(["--seeds", "1", "--workers", "2", "--threads", "1", "--workers=3"]) == [
         "--seeds", "1", "--threads", "1"]
+
+
+def test_fusion_options_are_checked_before_training(tmp_path):
+    assert compat.parse_fusion_options(["output_dropout=0.5", "hidden_size=16"]) == {"output_dropout": 0.5, "hidden_size": 16}
+    for bad, words in [("foo=1", "unknown key 'foo'"), ("hidden_size=-1", "hidden_size"),
+                       ("output_dropout=1.5", "[0, 1)"), ("hidden_size", "KEY=VALUE")]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            compat.parse_fusion_options([bad])
+    with pytest.raises(SystemExit):  # a variant never writes into the main grid's file
+        compat.parse_args(["--fusion-option", "output_dropout=0.5"])
+    with pytest.raises(SystemExit):
+        compat.parse_args(["--fusion-option", "output_dropout=0.5", "--models", "M2SR", "--out", str(tmp_path / "a.jsonl")])
+    args = compat.parse_args(["--fusion-option", "hidden_size=16", "--models", "BPR,M2SR", "--out", str(tmp_path / "a.jsonl")])
+    assert args.fusion_options == {"hidden_size": 16}
+    assert compat.grid(args.models, [0, 1], fusion_only=True) == [("BPR", "fusion", 0), ("BPR", "fusion", 1)]
+
+
+def test_ablation_report_compares_on_validation(tmp_path):
+    base = list(np.linspace(0.0, 0.2, 30))
+    main_path, ablation = tmp_path / "main.jsonl", tmp_path / "ablation"
+    for variant, scale in [("plain", 1.0), ("fusion", 0.9)]:
+        compat.append_result(main_path, {**_fake_run("BPR", variant, 0, [x * scale for x in base]),
+                                         "hparams": {"fusion": {"output_dropout": 0.2}} if variant == "fusion" else {}})
+    compat.append_result(ablation / "od.jsonl", {**_fake_run("BPR", "fusion", 0, [x * 1.1 for x in base]),
+                                                 "hparams": {"fusion": {"output_dropout": 0.5}}})
+    compat.append_result(ablation / "od.jsonl", {**_fake_run("FPMC", "fusion", 0, base),
+                                                 "hparams": {"fusion": {"output_dropout": 0.5}}})
+    assert report.main(["--results", str(main_path), "--ablation", str(ablation)]) == 0
+    text = (ablation / "report.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| BPR | 0 |"))
+    assert "output_dropout=0.5" in row and "+22.2 %" in row  # 1.1 / 0.9 on validation
+    assert "FPMC seed 0 (od.jsonl)" in text  # no main-grid pair: named, not dropped
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):  # a folder with no results: a clear error, no report.md
+        report.main(["--results", str(main_path), "--ablation", str(tmp_path / "empty")])
+    assert not (tmp_path / "empty" / "report.md").exists()
