@@ -303,7 +303,7 @@ def ablation_report(results: Path, ablation_dir: Path, dataset: str) -> str:
                          f"--out {ablation_dir}/<name>.jsonl first")
     table = ["| backbone | seed | option (vs default fusion) | valid NDCG@10 plain | valid default fusion | valid variant "
              "| variant vs default fusion (valid) | test NDCG@10 plain / variant |", "|---|---|---|---|---|---|---|---|"]
-    missing = []
+    missing, by_option = [], defaultdict(list)
     for path in files:
         for row in read_results(path):
             if row["dataset"] != dataset or row.get("quick") or row["variant"] != "fusion":
@@ -316,9 +316,20 @@ def ablation_report(results: Path, ablation_dir: Path, dataset: str) -> str:
             base_options = default["hparams"].get("fusion", {})
             option = ", ".join(f"{k}={v}" for k, v in sorted(row["hparams"].get("fusion", {}).items())
                                if base_options.get(k) != v) or "(same as default)"
+            by_option[(row["model"], option)].append((seed, plain, default, row))
             table.append(f"| {row['model']} | {seed} | {option} | {_ndcg(plain, 'valid'):.4f} | {_ndcg(default, 'valid'):.4f} "
                          f"| {_ndcg(row, 'valid'):.4f} | {_change(_ndcg(row, 'valid'), _ndcg(default, 'valid'))} "
                          f"| {_ndcg(plain, 'test'):.4f} / {_ndcg(row, 'test'):.4f} |")
+    summary = ["| backbone | option | seeds | valid NDCG@10 plain / default fusion / variant "
+               "| test NDCG@10 plain / default fusion / variant | variant vs plain (test) |", "|---|---|---|---|---|---|"]
+    for (model, option), runs in sorted(by_option.items()):
+        if len(runs) < 2:
+            continue
+        runs.sort(key=lambda run: run[0])
+        means = {split: [statistics.fmean(_ndcg(run[i], split) for run in runs) for i in (1, 2, 3)] for split in ("valid", "test")}
+        summary.append(f"| {model} | {option} | {','.join(str(run[0]) for run in runs)} "
+                       f"| {' / '.join(f'{v:.4f}' for v in means['valid'])} | {' / '.join(f'{v:.4f}' for v in means['test'])} "
+                       f"| {_change(means['test'][2], means['test'][0])} |")
     rows = [r for path in files for r in read_results(path) if not r.get("quick")]
     lines = [f"# Fusion options on {dataset}: validation comparison", "", *provenance(rows, False), "",
              "Each row changes one `attach()` option of `compat_config.json`'s `fusion` block and trains the backbone's "
@@ -326,6 +337,9 @@ def ablation_report(results: Path, ablation_dir: Path, dataset: str) -> str:
              f"(`{os.path.relpath(results, HERE.parent)}`). Options are compared on validation NDCG@10 (full ranking); "
              "the test column is for the record and chose nothing. One seed per row: the main grid's seed-to-seed "
              "spread (std of NDCG@10 up to 0.01) is as large as most differences here.", "", *table]
+    if len(summary) > 2:
+        lines += ["", "Options run on more than one seed (means over those seeds; an option picked on seed 0's validation "
+                  "and then run on the other seeds):", "", *summary]
     if missing:
         lines += ["", f"Left out (no main-grid plain/fusion run for that backbone and seed): {', '.join(missing)}."]
     text = "\n".join(lines) + "\n"

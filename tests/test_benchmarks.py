@@ -234,11 +234,12 @@ def test_fusion_options_are_checked_before_training(tmp_path):
 def test_ablation_report_compares_on_validation(tmp_path):
     base = list(np.linspace(0.0, 0.2, 30))
     main_path, ablation = tmp_path / "main.jsonl", tmp_path / "ablation"
-    for variant, scale in [("plain", 1.0), ("fusion", 0.9)]:
-        compat.append_result(main_path, {**_fake_run("BPR", variant, 0, [x * scale for x in base]),
-                                         "hparams": {"fusion": {"output_dropout": 0.2}} if variant == "fusion" else {}})
-    compat.append_result(ablation / "od.jsonl", {**_fake_run("BPR", "fusion", 0, [x * 1.1 for x in base]),
-                                                 "hparams": {"fusion": {"output_dropout": 0.5}}})
+    for seed in (0, 1):
+        for variant, scale in [("plain", 1.0), ("fusion", 0.9)]:
+            compat.append_result(main_path, {**_fake_run("BPR", variant, seed, [x * scale for x in base]),
+                                             "hparams": {"fusion": {"output_dropout": 0.2}} if variant == "fusion" else {}})
+        compat.append_result(ablation / "od.jsonl", {**_fake_run("BPR", "fusion", seed, [x * (1.1 + seed * 0.2) for x in base]),
+                                                     "hparams": {"fusion": {"output_dropout": 0.5}}})
     compat.append_result(ablation / "od.jsonl", {**_fake_run("FPMC", "fusion", 0, base),
                                                  "hparams": {"fusion": {"output_dropout": 0.5}}})
     assert report.main(["--results", str(main_path), "--ablation", str(ablation)]) == 0
@@ -246,6 +247,8 @@ def test_ablation_report_compares_on_validation(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| BPR | 0 |"))
     assert "output_dropout=0.5" in row and "+22.2 %" in row  # 1.1 / 0.9 on validation
     assert "FPMC seed 0 (od.jsonl)" in text  # no main-grid pair: named, not dropped
+    summary = next(line for line in text.splitlines() if line.startswith("| BPR | output_dropout=0.5 | 0,1 |"))
+    assert summary.endswith("| +20.0 % |")  # mean of 1.1x and 1.3x the plain run, on test
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):  # a folder with no results: a clear error, no report.md
         report.main(["--results", str(main_path), "--ablation", str(tmp_path / "empty")])
