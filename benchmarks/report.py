@@ -321,7 +321,8 @@ def ablation_report(results: Path, ablation_dir: Path, dataset: str) -> str:
                          f"| {_ndcg(row, 'valid'):.4f} | {_change(_ndcg(row, 'valid'), _ndcg(default, 'valid'))} "
                          f"| {_ndcg(plain, 'test'):.4f} / {_ndcg(row, 'test'):.4f} |")
     summary = ["| backbone | option | seeds | valid NDCG@10 plain / default fusion / variant "
-               "| test NDCG@10 plain / default fusion / variant | variant vs plain (test) |", "|---|---|---|---|---|---|"]
+               "| test NDCG@10 plain / default fusion / variant | variant vs plain (test) | Wilcoxon one-sided p (variant > plain, test) |",
+               "|---|---|---|---|---|---|---|"]
     for (model, option), runs in sorted(by_option.items()):
         if len(runs) < 2:
             continue
@@ -329,7 +330,8 @@ def ablation_report(results: Path, ablation_dir: Path, dataset: str) -> str:
         means = {split: [statistics.fmean(_ndcg(run[i], split) for run in runs) for i in (1, 2, 3)] for split in ("valid", "test")}
         summary.append(f"| {model} | {option} | {','.join(str(run[0]) for run in runs)} "
                        f"| {' / '.join(f'{v:.4f}' for v in means['valid'])} | {' / '.join(f'{v:.4f}' for v in means['test'])} "
-                       f"| {_change(means['test'][2], means['test'][0])} |")
+                       f"| {_change(means['test'][2], means['test'][0])} "
+                       f"| {paired_tests({(model, 'plain'): [r[1] for r in runs], (model, 'fusion'): [r[3] for r in runs]})[model]['p']:.2g} |")
     rows = [r for path in files for r in read_results(path) if not r.get("quick")]
     lines = [f"# Fusion options on {dataset}: validation comparison", "", *provenance(rows, False), "",
              "Each row changes one `attach()` option of `compat_config.json`'s `fusion` block and trains the backbone's "
