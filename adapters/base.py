@@ -25,7 +25,12 @@ numbers in ``benchmarks/results/compat-ml-100k.md``): only the adapter defaults,
 before any result existed (fusion width 32, one Mixer block per stream plus one fusion block,
 token/channel hidden 32/64, dropout 0.2 on the fused vector only, zero-initialised outputs, both
 sides on), trained with the backbone's own hyper-parameters and epoch cap (``compat_config.json``).
-Nothing was tuned, on validation or test.
+The main grid tunes nothing. A separate ablation (``compat.py --fusion-option``, compared on
+validation NDCG@10; ``benchmarks/results/ablation/report.md``) changed one option at a time on seed 0
+(``output_dropout`` 0.5, ``hidden_size`` 16, ``dropout`` 0.2 inside the Mixers) and ran the
+validation winners on seeds 1-2 as well; its numbers are in each adapter's docstring. Still untried:
+a separate learning rate for the fusion parameters (RecBole's Trainer has one), the candidate side
+alone, longer training.
 
 Candidate embeddings are swapped for :class:`ContentEmbedding` wrappers whose ``weight`` is
 ``base_layer.weight + item_out(content)``: RecBole reads ``item_embedding.weight`` directly in

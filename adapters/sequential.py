@@ -18,7 +18,7 @@ A model that is not registered but has ``item_embedding`` and ``forward(item_seq
 returning ``(B, H)`` gets :class:`GenericSequentialAdapter`: the same two sides, with the history's
 item embeddings as the ID stream (no hook into an unknown backbone).
 
-Compatibility benchmark: what was tried is in ``fusionlayer.adapters.base`` (defaults only, nothing tuned).
+Compatibility benchmark: what was tried is in ``fusionlayer.adapters.base`` (main grid: defaults only).
 Outcome: GRU4Rec, seeds 0-2, gained (test NDCG@10 0.0591 -> 0.0621, +5.1 %, one-sided Wilcoxon
 p = 0.11: below the +10 % target and not significant); SASRec, seeds 0-2, gained a little and not
 significantly (0.0585 -> 0.0599, +2.4 %, p = 0.29), with a wide spread: seed 0 -8.4 % (best validation
