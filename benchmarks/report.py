@@ -333,7 +333,9 @@ def ablation_report(results: Path, ablation_dir: Path, dataset: str) -> str:
                        f"| {_change(means['test'][2], means['test'][0])} "
                        f"| {paired_tests({(model, 'plain'): [r[1] for r in runs], (model, 'fusion'): [r[3] for r in runs]})[model]['p']:.2g} |")
     rows = [r for path in files for r in read_results(path) if not r.get("quick")]
+    commands = sorted({r["command"] for r in rows})
     lines = [f"# Fusion options on {dataset}: validation comparison", "", *provenance(rows, False), "",
+             "Commands:", "", *(f"- `{c}`" for c in commands), "",
              "Each row changes one `attach()` option of `compat_config.json`'s `fusion` block and trains the backbone's "
              "+fusion run again (same seed, same hyper-parameters); plain and default-fusion numbers are the main grid's "
              f"(`{os.path.relpath(results, HERE.parent)}`). Options are compared on validation NDCG@10 (full ranking); "
