@@ -14,7 +14,7 @@ claim left by a process that died on this host is taken over.
     python benchmarks/compat.py --quick             # 1 epoch, 60 users: wiring check (~1-2 min)
     python benchmarks/compat.py --models BPR,FPMC --seeds 0
     python benchmarks/compat.py --models BPR --seeds 0 --fusion-option output_dropout=0.5 \
-        --out benchmarks/results/ablation/BPR-output_dropout-0.5.jsonl   # a fusion variant, fusion runs only
+        --out benchmarks/results/ablation/output_dropout-0.5.jsonl   # a fusion variant, fusion runs only
     python benchmarks/report.py                     # tables, significance, popularity, PNG
 """
 

@@ -303,9 +303,10 @@ def ablation_report(results: Path, ablation_dir: Path, dataset: str) -> str:
                          f"--out {ablation_dir}/<name>.jsonl first")
     table = ["| backbone | seed | option (vs default fusion) | valid NDCG@10 plain | valid default fusion | valid variant "
              "| variant vs default fusion (valid) | test NDCG@10 plain / variant |", "|---|---|---|---|---|---|---|---|"]
+    variant_rows = {path: read_results(path) for path in files}
     missing, by_option = [], defaultdict(list)
-    for path in files:
-        for row in read_results(path):
+    for path, path_rows in variant_rows.items():
+        for row in path_rows:
             if row["dataset"] != dataset or row.get("quick") or row["variant"] != "fusion":
                 continue
             seed = int(row["seed"])
@@ -332,7 +333,7 @@ def ablation_report(results: Path, ablation_dir: Path, dataset: str) -> str:
                        f"| {' / '.join(f'{v:.4f}' for v in means['valid'])} | {' / '.join(f'{v:.4f}' for v in means['test'])} "
                        f"| {_change(means['test'][2], means['test'][0])} "
                        f"| {paired_tests({(model, 'plain'): [r[1] for r in runs], (model, 'fusion'): [r[3] for r in runs]})[model]['p']:.2g} |")
-    rows = [r for path in files for r in read_results(path) if not r.get("quick")]
+    rows = [r for path_rows in variant_rows.values() for r in path_rows if not r.get("quick")]
     commands = sorted({r["command"] for r in rows})
     lines = [f"# Fusion options on {dataset}: validation comparison", "", *provenance(rows, False), "",
              "Commands:", "", *(f"- `{c}`" for c in commands), "",
