@@ -11,14 +11,18 @@ An adapter is an ``nn.Module`` installed on a RecBole model as ``model.fusion_ad
 
 Both output Linears start at zero, so a freshly attached model scores exactly like its backbone.
 
+Work done once: the frozen feature tables are normalised once at attach time (the input
+LayerNorm's affine part folds into the projection after it), and within one call of an entry point
+(``forward``, ``calculate_loss``, ``predict``, ``full_sort_predict``) the projected tables and the
+items' content vectors are computed once however often the host model reads ``item_embedding.weight``.
+
 Inference cache: in eval mode with autograd off (``model.eval()`` and ``torch.no_grad()``, as in
-RecBole's evaluation), the projected feature tables and the items' content vectors are computed once
-and reused. The cache is dropped by ``model.train()``, by any call with autograd on (every training
-step runs one before its optimiser step, which matters for fused optimisers: they do not bump version
-counters), and whenever an adapter parameter or buffer changes storage or in-place version
-(``load_state_dict``, ``.to()``, in-place edits). Edits through ``.data`` bypass all of these: call
-``model.fusion_adapter.clear_cache()`` after them. With autograd on nothing is cached (a cached graph
-could be back-propagated twice).
+RecBole's evaluation), those values are also kept across calls. The cache is dropped by
+``model.train()``, by any call with autograd on (every training step runs one before its optimiser
+step, which matters for fused optimisers: they do not bump version counters), and whenever a tensor
+it was computed from changes storage or in-place version (``load_state_dict``, ``.to()``, in-place
+edits). Edits through ``.data`` bypass all of these: call ``model.fusion_adapter.clear_cache()``
+after them. With autograd on nothing is kept across calls (a cached graph could be back-propagated twice).
 
 What was tried in the compatibility benchmark (``benchmarks/compat.py``, ML-100K, full ranking;
 numbers in ``benchmarks/results/compat-ml-100k.md``): only the adapter defaults, chosen for step cost
@@ -39,6 +43,7 @@ Candidate embeddings are swapped for :class:`ContentEmbedding` wrappers whose ``
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import Any, Mapping
 
@@ -79,7 +84,7 @@ class ContentEmbedding(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.base_layer.weight + self._adapter.item_delta(self.adapter_key)
+        return self._adapter.fused_weight(self.adapter_key, self.base_layer.weight)
 
     @property
     def num_embeddings(self) -> int:
@@ -97,6 +102,37 @@ class ContentEmbedding(nn.Module):
         return F.embedding(ids, self.weight, self.padding_idx)
 
 
+class _Scoped:
+    """A model entry point run inside the adapter's step scope (one projection per call).
+
+    A plain class rather than a closure, so an attached model can be deep-copied and pickled.
+    """
+
+    def __init__(self, adapter: "FusionAdapter", function) -> None:
+        self.adapter, self.function = adapter, function
+
+    def __call__(self, *args, **kwargs):
+        adapter = self.adapter
+        if adapter._scope is not None:
+            return self.function(*args, **kwargs)
+        adapter._scope = {}
+        try:
+            return self.function(*args, **kwargs)
+        finally:
+            adapter._scope = None
+
+
+def _unbound(model: nn.Module, name: str):
+    """``model.<name>`` as ``partial(Class.<name>, model)`` when it is the class's own method.
+
+    A bound method pickles as ``getattr(model, name)``, which after attach would find the override.
+    """
+    method = getattr(model, name)
+    if isinstance(method, types.MethodType) and method.__self__ is model:
+        return functools.partial(method.__func__, model)
+    return method
+
+
 class FusionAdapter(nn.Module):
     """Base adapter. Subclasses name the embeddings to wrap and the methods they override.
 
@@ -104,7 +140,8 @@ class FusionAdapter(nn.Module):
         candidate_embeddings: attribute names of the candidate-item embeddings to wrap.
         overrides: method names installed on the model instance (``forward``, ...), implemented
             here as ``fused_<name>``; the originals stay reachable as ``self.base_<name>``.
-        sequence_dim_attr: the model attribute holding the width of the user/sequence vector.
+        id_stream_dim_attr: the model attribute holding the width of the ID stream (the
+            user/sequence vector the fusion adds to).
 
     Args:
         model: the RecBole model (read for sizes only; ``install`` changes it).
@@ -116,14 +153,13 @@ class FusionAdapter(nn.Module):
 
     candidate_embeddings: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()
+    entry_points: tuple[str, ...] = ("forward", "calculate_loss", "predict", "full_sort_predict")
     id_stream_dim_attr: str = "hidden_size"
 
     def __init__(self, model: nn.Module, tables: Mapping[str, torch.Tensor], *, fusion_options: Mapping[str, Any],
                  dataset: Any = None) -> None:
         super().__init__()
         self.modalities = list(tables)
-        for name, table in tables.items():
-            self.register_buffer(f"table_{name}", table, persistent=False)
         present = torch.zeros(next(iter(tables.values())).shape[0], dtype=torch.bool)
         for table in tables.values():
             present |= table.abs().sum(dim=1) > 0
@@ -136,6 +172,8 @@ class FusionAdapter(nn.Module):
         self.config = FusionConfig(modality_dims={"id": id_dim, **{n: t.shape[1] for n, t in tables.items()}}, **options)
         H = self.config.hidden_size
         self.fusion = FeatureFusionLayer(config=self.config)
+        for name, table in self.fusion.normalize_tables(tables).items():  # constant: normalised once
+            self.register_buffer(f"normed_{name}", table, persistent=False)
         self.user_out = nn.Linear(H, id_dim, bias=False)
         self.item_out = nn.ModuleDict(
             {name: nn.Linear(H, getattr(model, name).embedding_dim, bias=False) for name in self.candidate_embeddings}
@@ -144,6 +182,7 @@ class FusionAdapter(nn.Module):
             nn.init.zeros_(linear.weight)  # freshly attached == base model
         self._model_ref: list[nn.Module] = []  # the host model, kept out of the module tree
         self._memo: dict[str, tuple[tuple, Any]] = {}  # inference cache, see the module docstring
+        self._scope: dict[str, Any] | None = None  # values shared within one entry-point call
 
     # ---------------------------------------------------------------- sizes and checks
     @classmethod
@@ -158,8 +197,9 @@ class FusionAdapter(nn.Module):
                 raise TypeError(f"{type(model).__name__}.{name} must be an nn.Embedding for {cls.__name__}")
 
     # ---------------------------------------------------------------- feature access
-    def tables(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, f"table_{name}") for name in self.modalities}
+    def normalized_tables(self) -> dict[str, torch.Tensor]:
+        """``{modality: (n_items, D)}``: the feature tables after the parameter-free part of LayerNorm."""
+        return {name: getattr(self, f"normed_{name}") for name in self.modalities}
 
     def clear_cache(self) -> None:
         """Drop the inference cache (see the module docstring for when this happens by itself)."""
@@ -170,22 +210,36 @@ class FusionAdapter(nn.Module):
             self.clear_cache()
         return super().train(mode)
 
-    def _memoised(self, key: str, compute):
-        """``compute()``, reused in eval mode with autograd off while no adapter tensor has changed."""
+    def _content_inputs(self) -> list[torch.Tensor]:
+        """The tensors the projected tables and the content vectors are computed from."""
+        return [*self.normalized_tables().values(), self.item_present,
+                *(p for name in self.modalities for p in self.fusion.projections[name].parameters())]
+
+    def _memoised(self, key: str, inputs: list[torch.Tensor], compute):
+        """``compute()``, once per entry-point call; in eval mode with autograd off, across calls too
+        while none of ``inputs`` has changed storage or version."""
+        scope = self._scope
+        if scope is not None and key in scope:
+            return scope[key]
         if torch.is_grad_enabled() or self.training:
-            self.clear_cache()
-            return compute()
-        stamp = tuple((t.data_ptr(), t._version, t.dtype) for t in [*self.parameters(), *self.buffers()])
-        hit = self._memo.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        value = compute()
-        self._memo[key] = (stamp, value)
+            self._memo.clear()
+            value = compute()
+        else:
+            stamp = tuple((t.data_ptr(), t._version, t.dtype) for t in inputs)
+            hit = self._memo.get(key)
+            if hit is not None and hit[0] == stamp:
+                value = hit[1]
+            else:
+                value = compute()
+                self._memo[key] = (stamp, value)
+        if scope is not None:
+            scope[key] = value
         return value
 
     def projected_tables(self) -> dict[str, torch.Tensor]:
         """``{modality: (n_items, H)}``: the content tables through the fusion's input projections."""
-        return self._memoised("projected_tables", lambda: self.fusion.project_tables(self.tables()))
+        return self._memoised("projected_tables", self._content_inputs(),
+                              lambda: self.fusion.project_normalized_tables(self.normalized_tables()))
 
     def item_content(self) -> torch.Tensor:
         """(n_items, H): the sum of the items' projected modality features, zero for absent items."""
@@ -193,10 +247,18 @@ class FusionAdapter(nn.Module):
             projected = self.projected_tables()
             return F.gelu(torch.stack(list(projected.values())).sum(0)) * self.item_present
 
-        return self._memoised("item_content", compute)
+        return self._memoised("item_content", self._content_inputs(), compute)
 
     def item_delta(self, name: str) -> torch.Tensor:
-        return self.item_out[name](self.item_content())
+        """(n_items, E): what the content adds to the candidate embedding ``name`` (zero at attach)."""
+        out = self.item_out[name]
+        return self._memoised(f"item_delta:{name}", [*self._content_inputs(), out.weight],
+                              lambda: out(self.item_content()))
+
+    def fused_weight(self, name: str, base_weight: torch.Tensor) -> torch.Tensor:
+        """``base_weight + item_delta(name)``: the weight host code reads from a wrapped embedding."""
+        inputs = [*self._content_inputs(), self.item_out[name].weight, base_weight]
+        return self._memoised(f"weight:{name}", inputs, lambda: base_weight + self.item_delta(name))
 
     def fuse_history(self, item_seq: torch.Tensor, *, id_table: torch.Tensor | None = None,
                      id_sequence: torch.Tensor | None = None) -> torch.Tensor:
@@ -221,11 +283,14 @@ class FusionAdapter(nn.Module):
         for name in self.candidate_embeddings:
             setattr(model, name, ContentEmbedding(getattr(model, name), self, name))
         for name in self.overrides:
-            setattr(self, f"base_{name}", getattr(model, name))  # bound method of the original class
+            setattr(self, f"base_{name}", _unbound(model, name))  # the original class's method
             model.__dict__[name] = types.MethodType(getattr(type(self), f"fused_{name}"), self)
+        for name in self.entry_points:
+            if callable(getattr(model, name, None)):
+                model.__dict__[name] = _Scoped(self, model.__dict__.get(name) or _unbound(model, name))
 
     def uninstall(self, model: nn.Module) -> None:
-        for name in self.overrides:
+        for name in {*self.overrides, *self.entry_points}:
             model.__dict__.pop(name, None)
         for name in self.candidate_embeddings:
             setattr(model, name, getattr(model, name).base_layer)

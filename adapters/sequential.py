@@ -42,6 +42,17 @@ from fusionlayer.adapters.base import FusionAdapter
 __all__ = ["SequentialAdapter", "SASRecAdapter", "GRU4RecAdapter", "GenericSequentialAdapter"]
 
 
+class _Capture:
+    """Forward hook keeping the backbone's per-position output for the adapter (a class, not a
+    closure, so that a deep copy of the model feeds the copy's adapter and the model pickles)."""
+
+    def __init__(self, adapter: "SequentialAdapter") -> None:
+        self.adapter = adapter
+
+    def __call__(self, module, args, output) -> None:
+        self.adapter._captured.append(self.adapter.select_sequence(output))
+
+
 class SequentialAdapter(FusionAdapter):
     """Base for models with ``item_embedding`` and ``forward(item_seq, item_seq_len) -> (B, H)``.
 
@@ -72,10 +83,7 @@ class SequentialAdapter(FusionAdapter):
         self._captured: list[torch.Tensor] = []
         self._hook = None
         if self.sequence_module:
-            def keep(module, args, output):
-                self._captured.append(self.select_sequence(output))
-
-            self._hook = getattr(model, self.sequence_module).register_forward_hook(keep)
+            self._hook = getattr(model, self.sequence_module).register_forward_hook(_Capture(self))
 
     def uninstall(self, model: nn.Module) -> None:
         if self._hook is not None:

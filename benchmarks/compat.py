@@ -21,7 +21,6 @@ claim left by a process that died on this host is taken over.
 from __future__ import annotations
 
 import argparse
-import functools
 import datetime
 import json
 import logging
@@ -38,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.models import BACKBONES, MODELS, STANDALONE, model_class, variants
+from benchmarks.provenance import device_name, git_commit, provenance
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-BACKBONES = ["BPR", "FPMC", "GRU4Rec", "SASRec"]
-STANDALONE = ["MLPMixerRec", "M2SR"]
-MODELS = BACKBONES + STANDALONE
 DATASETS = ["ml-100k", "ml-1m"]
 K = 10
 
@@ -62,8 +61,7 @@ def grid(models: list[str], seeds: list[int], *, fusion_only: bool = False) -> l
     runs = []
     for seed in seeds:
         for model in models:
-            variants = ["standalone"] if model in STANDALONE else ["plain", "fusion"]
-            runs += [(model, variant, seed) for variant in variants if not fusion_only or variant == "fusion"]
+            runs += [(model, variant, seed) for variant in variants(model) if not fusion_only or variant == "fusion"]
     return runs
 
 
@@ -180,29 +178,6 @@ def claim_run(out: Path, key: tuple) -> Path | None:
     return None
 
 
-@functools.cache
-def git_commit() -> str:
-    """The checkout's commit when the process started (code edits after that do not reach it).
-
-    ``-dirty`` marks uncommitted changes to code; results files and markdown do not count.
-    """
-    root = HERE.parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)benchmarks/results", ":(exclude)*.md"],
-                               cwd=root, capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 # ----------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def rank_users(model, eval_data, train_item_counts: np.ndarray, device: str, seed: int) -> dict[str, np.ndarray]:
@@ -261,15 +236,10 @@ def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> di
     import fusionlayer
     from fusionlayer.data.recbole_data import prepare_data, recbole_config
 
-    fusionlayer.patch_recbole()
-    from recbole.model.general_recommender import BPR
-    from recbole.model.sequential_recommender import FPMC, GRU4Rec, SASRec
+    cls = model_class(model_name)
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
-    classes = {"BPR": BPR, "FPMC": FPMC, "GRU4Rec": GRU4Rec, "SASRec": SASRec,
-               "MLPMixerRec": fusionlayer.MLPMixerRec, "M2SR": fusionlayer.M2SR}
-    model_class = classes[model_name]
     overrides = {**hparams["common"], **hparams["models"][model_name], "seed": seed, "reproducibility": True,
                  "device": args.device, "use_gpu": args.device.startswith("cuda")}
     data_root, dataset_name = Path(args.data_dir) if args.data_dir else None, args.dataset
@@ -284,16 +254,16 @@ def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> di
         dataset_name = slice_users(args.dataset, hparams["quick"]["users"], slice_root, data_root)
         data_root = slice_root
     try:
-        config = recbole_config(model_class, dataset_name, data_root=data_root, overrides=overrides)
+        config = recbole_config(cls, dataset_name, data_root=data_root, overrides=overrides)
         init_seed(seed, True)
         dataset, train_data, valid_data, test_data = prepare_data(config)
         needs_features = variant == "fusion" or model_name == "M2SR"
         tables = load_tables(args.dataset, train_data.dataset, args, hparams) if needs_features else {}
         init_seed(seed, True)
         if model_name == "M2SR":
-            model = model_class(config, train_data.dataset, features=tables)
+            model = cls(config, train_data.dataset, features=tables)
         else:
-            model = model_class(config, train_data.dataset)
+            model = cls(config, train_data.dataset)
         if variant == "fusion":
             fusionlayer.attach(model, tables, dataset=train_data.dataset, **hparams["fusion"])
         model = model.to(args.device)

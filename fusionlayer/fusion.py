@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fusionlayer.config import FusionConfig
@@ -142,9 +143,10 @@ class FeatureFusionLayer(nn.Module):
             if x.dim() != 3 or x.shape[:2] != (B, L):
                 raise ValueError(f"features[{name!r}] must have shape (B={B}, L={L}, D), got {tuple(x.shape)}")
         order, aligned_mask = self._align(mask)
-        streams = {name: torch.take_along_dim(self.projections[name](x), order.unsqueeze(-1), dim=1)
+        index = _positions_first_index(order, B, L, mask.device)
+        streams = {name: _take_rows(self.projections[name](_zero_padding(x, mask)).reshape(B * L, -1), index, L, B)
                    for name, x in features.items()}
-        return self._finish(self._mix(streams, aligned_mask), order, last_only)
+        return self._finish(self._mix(streams, aligned_mask, last_only), order, last_only)
 
     def forward_items(
         self,
@@ -204,40 +206,113 @@ class FeatureFusionLayer(nn.Module):
             if x.dim() != 3 or x.shape[:2] != (B, L):
                 raise ValueError(f"sequences[{name!r}] must have shape (B={B}, L={L}, D), got {tuple(x.shape)}")
         order, aligned_mask = self._align(mask)
-        aligned_seq = item_seq.gather(1, order)
-        streams = {name: self.projections[name](table)[aligned_seq] for name, table in tables.items()}
-        streams.update({name: table[aligned_seq] for name, table in projected_tables.items()})
-        streams.update({name: torch.take_along_dim(self.projections[name](x), order.unsqueeze(-1), dim=1)
-                        for name, x in sequences.items()})
-        return self._finish(self._mix(streams, aligned_mask), order, last_only)
+        aligned_seq = item_seq if order is None else item_seq.gather(1, order)
+        ids = aligned_seq.t().reshape(-1)  # positions first: row l * B + b holds position l of history b
+        streams = {name: self._gather_projected(name, table, ids, L, B) for name, table in tables.items()}
+        streams.update({name: _take_rows(table, ids, L, B) for name, table in projected_tables.items()})
+        if sequences:
+            index = _positions_first_index(order, B, L, mask.device)
+            streams.update({name: _take_rows(self.projections[name](_zero_padding(x, mask)).reshape(B * L, -1), index, L, B)
+                            for name, x in sequences.items()})
+        return self._finish(self._mix(streams, aligned_mask, last_only), order, last_only)
 
     def project_tables(self, tables: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Project per-item tables to the hidden width: ``{name: (N, D)} -> {name: (N, H)}``."""
         return {name: self.projections[name](table) for name, table in tables.items()}
 
+    def normalize_tables(self, tables: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The parameter-free part of each input LayerNorm, ``(x - mean) / sqrt(var + eps)`` per row.
+
+        For constant tables (frozen features) compute this once and project with
+        :meth:`project_normalized_tables`: the LayerNorm's affine part folds into the Linear after it,
+        so no step normalises (or back-propagates through the normalisation of) the whole table again.
+        """
+        return {name: F.layer_norm(table, table.shape[-1:], eps=self.config.layer_norm_eps).detach()
+                for name, table in tables.items()}
+
+    def project_normalized_tables(self, normalized: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`project_tables` of tables already through :meth:`normalize_tables` (same result).
+
+        ``Linear(gamma * x_hat + beta) = x_hat @ (W * gamma)^T + (W @ beta + b)``: one matmul per table,
+        gradients reach ``gamma``, ``beta``, ``W`` and ``b`` as before.
+        """
+        out = {}
+        for name, table in normalized.items():
+            norm, linear = self.projections[name]
+            out[name] = F.linear(table, linear.weight * norm.weight, torch.addmv(linear.bias, linear.weight, norm.bias))
+        return out
+
     # ------------------------------------------------------------------ internals
+    def _gather_projected(self, name: str, table: torch.Tensor, ids: torch.Tensor, L: int, B: int) -> torch.Tensor:
+        # Project per item: the rows the histories use when they are fewer than the table's, else the table.
+        if ids.numel() < table.shape[0]:
+            return self.projections[name](_take_rows(table, ids, L, B))
+        return _take_rows(self.projections[name](table), ids, L, B)
+
     @staticmethod
-    def _align(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Stable sort on the mask: padded positions first, real items after in their own order.
+    def _align(mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(order, aligned_mask)``: padded positions first, real items after in their own order.
+
+        ``order`` is None when the mask is already left-padded; for right padding (RecBole's layout)
+        it is a roll per row, otherwise a stable sort of the mask.
+        """
+        B, L = mask.shape  # (batch, positions)
+        lengths = mask.sum(1, keepdim=True)
+        positions = torch.arange(L, device=mask.device)
+        if torch.equal(mask, positions >= L - lengths):
+            return None, mask
+        if torch.equal(mask, positions < lengths):
+            return (positions + lengths) % L, positions >= L - lengths
         order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
         return order, mask.gather(1, order)
 
-    def _mix(self, streams: dict[str, torch.Tensor], aligned_mask: torch.Tensor) -> torch.Tensor:
-        m = aligned_mask.unsqueeze(-1).to(next(iter(streams.values())).dtype)  # (B, L, 1)
-        mixed = []
-        for name in self.config.modality_dims:  # fixed order: the fuse Linear's input layout
-            x = self.drop(streams[name]) * m
+    def _mix(self, streams: dict[str, torch.Tensor], aligned_mask: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """Streams ``(L, B, H)``, positions first: token mixing is then one matmul with no transposes.
+
+        Padded positions hold finite values that no position reads: every Mixer block masks its
+        token-mixing input, the only place where positions meet, and the output is masked at the end.
+        """
+        m = aligned_mask.t().unsqueeze(-1).to(next(iter(streams.values())).dtype)  # (L, B, 1)
+        H = self.config.hidden_size
+        x = self.fuse.bias
+        for i, name in enumerate(self.config.modality_dims):  # fixed order: the fuse Linear's input layout
+            h = self.drop(streams[name])
             for block in self.mixers[name]:
-                x = block(x, m)
-            mixed.append(self.norms[name](x) * m)
-        x = self.fuse(torch.cat(mixed, dim=-1)) * m  # Eq. 2: concat -> Linear back to H
-        for block in self.fusion_mixers:
-            x = block(x, m)
+                h = block(h, m, positions_first=True)
+            # Eq. 2, concat -> Linear back to H, as a sum of per-modality slices of the Linear (no concat)
+            x = x + F.linear(self.norms[name](h), self.fuse.weight[:, i * H:(i + 1) * H])
+        for i, block in enumerate(self.fusion_mixers):
+            x = block(x, m, positions_first=True, last_only=last_only and i == len(self.fusion_mixers) - 1)
+        if last_only:
+            x = x[-1] if x.dim() == 3 else x
+            return self.fusion_norm(x) * m[-1]
         return self.fusion_norm(x) * m
 
     @staticmethod
-    def _finish(aligned_out: torch.Tensor, order: torch.Tensor, last_only: bool) -> torch.Tensor:
+    def _finish(aligned_out: torch.Tensor, order: torch.Tensor | None, last_only: bool) -> torch.Tensor:
+        """``(L, B, H)`` positions first and aligned -> ``(B, L, H)`` in the input layout."""
         if last_only:
-            return aligned_out[:, -1]
-        inverse = torch.argsort(order, dim=1)
-        return torch.take_along_dim(aligned_out, inverse.unsqueeze(-1), dim=1)
+            return aligned_out
+        L, B, H = aligned_out.shape
+        if order is None:
+            return aligned_out.transpose(0, 1)
+        inverse = torch.argsort(order, dim=1)  # (B, L): aligned position of each input position
+        index = (inverse * B + torch.arange(B, device=order.device).unsqueeze(1)).reshape(-1)
+        return aligned_out.reshape(L * B, H).index_select(0, index).view(B, L, H)
+
+
+def _take_rows(table: torch.Tensor, ids: torch.Tensor, L: int, B: int) -> torch.Tensor:
+    """``table[ids]`` as ``(L, B, D)``; ``index_select``, whose backward is far cheaper on CPU than indexing's."""
+    return table.index_select(0, ids).view(L, B, table.shape[-1])
+
+
+def _positions_first_index(order: torch.Tensor | None, B: int, L: int, device) -> torch.Tensor:
+    """Rows of a ``(B * L, D)`` view to take, positions first and aligned, for :func:`_take_rows`."""
+    rows = torch.arange(B, device=device).unsqueeze(1) * L
+    order = torch.arange(L, device=device).expand(B, L) if order is None else order
+    return (rows + order).t().reshape(-1)
+
+
+def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Padded positions set to 0 (not multiplied: NaN * 0 is NaN), so nothing non-finite enters."""
+    return torch.where(mask.unsqueeze(-1), x, x.new_zeros(()))

@@ -30,7 +30,7 @@ class MlpBlock(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.fc2 = nn.Linear(hidden_features, in_features)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # p = 0 still costs a copy
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(F.gelu(self.fc1(x))))
@@ -53,12 +53,25 @@ class TokenMixingMlp(MlpBlock):
         h = F.gelu(F.linear(x, self.fc1.weight[:, -L:], self.fc1.bias))
         return self.drop(F.linear(h, self.fc2.weight[-L:], self.fc2.bias[-L:]))
 
+    def mix_positions_first(self, x: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        """The same map on ``(L, C)`` (positions first, C = batch x features): plain matmuls, no transposes.
+
+        Returns ``(L, C)``, or ``(C,)`` at the newest position with ``last_only``.
+        """
+        L = x.shape[0]
+        h = F.gelu(torch.addmm(self.fc1.bias.unsqueeze(1), self.fc1.weight[:, -L:], x))  # (T, C)
+        if last_only:
+            return self.drop(torch.addmv(self.fc2.bias[-1].expand(h.shape[1]), h.t(), self.fc2.weight[-1]))
+        return self.drop(torch.addmm(self.fc2.bias[-L:].unsqueeze(1), self.fc2.weight[-L:], h))
+
 
 class MixerBlock(nn.Module):
     """One Mixer block: token mixing then channel mixing, each pre-LayerNorm with a residual.
 
-    ``mask`` (B, L, 1), float, 1 = real item) zeroes padded positions after each normalisation and
-    each residual, so padded content never reaches a real position and padded outputs stay zero.
+    ``mask`` ``(B, L, 1)``, float, 1 = real item) zeroes padded positions of the token-mixing input,
+    the only place where positions meet, so padded content never reaches a real position. Outputs at
+    padded positions are not zeroed (their values are never read); the caller masks its final output.
+    Padded inputs must be finite (NaN * 0 is NaN): :class:`~fusionlayer.FeatureFusionLayer` zeroes them.
 
     Args:
         hidden_size: D, the channel width.
@@ -85,6 +98,17 @@ class MixerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.mlp_channels = MlpBlock(hidden_size, channel_hidden_size, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.mlp_tokens((self.norm1(x) * mask).transpose(1, 2)).transpose(1, 2) * mask
-        return x + self.mlp_channels(self.norm2(x)) * mask
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, *, last_only: bool = False,
+                positions_first: bool = False) -> torch.Tensor:
+        """``(B, L, D) -> (B, L, D)``, or ``(B, D)`` at the newest position with ``last_only``.
+
+        ``positions_first``: ``x`` is ``(L, B, D)`` and ``mask`` ``(L, B, 1)`` (and so is the output),
+        the layout :class:`~fusionlayer.FeatureFusionLayer` keeps between blocks.
+        """
+        if not positions_first:
+            out = self.forward(x.transpose(0, 1), mask.transpose(0, 1), last_only=last_only, positions_first=True)
+            return out if last_only else out.transpose(0, 1)
+        L, B, D = x.shape  # (positions, batch, features)
+        mixed = self.mlp_tokens.mix_positions_first((self.norm1(x) * mask).reshape(L, B * D), last_only=last_only)
+        x = x[-1] + mixed.view(B, D) if last_only else x + mixed.view(L, B, D)  # channel mixing is per position
+        return x + self.mlp_channels(self.norm2(x))

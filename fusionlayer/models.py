@@ -79,8 +79,10 @@ class M2SR(SequentialRecommender):
         self.item_embedding = nn.Embedding(self.n_items, H, padding_idx=0)
         self.fusion = FeatureFusionLayer(config=self.fusion_config)
         self.modalities = list(tables)
-        for name, table in tables.items():  # buffers: move with .to(device), not saved in checkpoints
-            self.register_buffer(f"table_{name}", table, persistent=False)
+        # Constant tables, normalised once (the input LayerNorm's affine part folds into the projection);
+        # buffers: they move with .to(device) and stay out of checkpoints.
+        for name, table in self.fusion.normalize_tables(tables).items():
+            self.register_buffer(f"normed_{name}", table, persistent=False)
         self.loss_fct = nn.CrossEntropyLoss()
         self.apply(self._init_weights)
 
@@ -92,9 +94,9 @@ class M2SR(SequentialRecommender):
             nn.init.zeros_(module.bias)
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        tables = {"id": self.item_embedding.weight}
-        tables.update({name: getattr(self, f"table_{name}") for name in self.modalities})
-        return self.fusion.forward_items(item_seq, tables, last_only=True)  # (B, H)
+        normalized = {name: getattr(self, f"normed_{name}") for name in self.modalities}
+        return self.fusion.forward_items(item_seq, {"id": self.item_embedding.weight}, last_only=True,
+                                         projected_tables=self.fusion.project_normalized_tables(normalized))  # (B, H)
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])

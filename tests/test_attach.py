@@ -130,7 +130,7 @@ def test_fusion_state_dict_round_trip(name, setups):
     for p in model.fusion_adapter.parameters():
         torch.nn.init.normal_(p, std=0.05)
     saved = fusionlayer.fusion_state_dict(model)
-    assert saved and all(not k.startswith("table_") for k in saved)
+    assert saved and all(not k.startswith("normed_") for k in saved)
     expected = scores(model, data)[0]
     other, _, _ = fresh(name, setups)
     assert not torch.equal(scores(other, data)[0], expected)
@@ -214,8 +214,8 @@ def test_inference_cache_reuses_projections_until_a_parameter_changes(name, setu
         for p in [adapter.user_out.weight, *(m.weight for m in adapter.item_out.values())]:
             p.normal_(0, 0.1)
     calls = []
-    project = adapter.fusion.project_tables
-    monkeypatch.setattr(adapter.fusion, "project_tables", lambda tables: calls.append(1) or project(tables))
+    project = adapter.fusion.project_normalized_tables
+    monkeypatch.setattr(adapter.fusion, "project_normalized_tables", lambda tables: calls.append(1) or project(tables))
     first, _ = scores(model, data)
     n_first = len(calls)
     again, _ = scores(model, data)
@@ -230,7 +230,7 @@ def test_inference_cache_reuses_projections_until_a_parameter_changes(name, setu
     batch = data[4]
     model.calculate_loss(batch)
     model.calculate_loss(batch)
-    assert len(calls) >= 5 and not adapter._memo  # with autograd on nothing is cached (3 before, >= 1 per loss)
+    assert len(calls) == 5 and not adapter._memo  # with autograd on nothing is kept across calls, one per loss
     # A fused optimiser step does not bump version counters; the grad-enabled forward before it drops the cache.
     before, _ = scores(model, data)  # eval mode, cache filled; stay in eval mode for the step below
     opt = torch.optim.Adam(adapter.parameters(), lr=0.1, fused=True)
@@ -250,10 +250,10 @@ def test_features_follow_the_model_device_and_dtype(setups):
     config, train, _, test, _ = setups("SASRec")
     model = backbone_class("SASRec")(config, train.dataset).double()
     fusionlayer.attach(model, random_features(train.dataset.item_num))
-    assert model.fusion_adapter.table_text.dtype == torch.float64
+    assert model.fusion_adapter.normed_text.dtype == torch.float64
     model.float()
-    assert model.fusion_adapter.table_text.dtype == torch.float32
-    assert "fusion_adapter.table_text" not in model.state_dict()  # buffers, not checkpoint state
+    assert model.fusion_adapter.normed_text.dtype == torch.float32
+    assert "fusion_adapter.normed_text" not in model.state_dict()  # buffers, not checkpoint state
 
 
 def test_readme_snippet_runs(setups, tmp_path):

@@ -62,5 +62,5 @@ def test_m2sr_uses_the_features(tiny_root, tmp_path):
     model = fusionlayer.M2SR(config, train.dataset, features=random_features(train.dataset.item_num)).eval()
     interaction = next(iter(test))[0]
     a = model.full_sort_predict(interaction)
-    model.table_text.mul_(2)
+    model.normed_text.mul_(2)
     assert not torch.allclose(a, model.full_sort_predict(interaction))

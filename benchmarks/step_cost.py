@@ -1,0 +1,283 @@
+"""What attaching fusion costs each backbone, on real ML-100K batches: step, FLOPs, prediction, memory, epoch.
+
+Per model, plain and attached (M2SR standalone), at the compatibility grid's own batch sizes
+(``benchmarks/compat_config.json``: 256 for the cross-entropy models, 2048 for BPR and FPMC), each
+(model, variant) in a fresh subprocess so its memory is its own:
+
+* ``step_ms``: median of timed RecBole-style training steps (zero_grad, ``calculate_loss``, backward,
+  Adam step) cycling over the first real training batches, after warm-up;
+* ``flops``: one step's FLOPs (``FlopCounterMode``, forward + backward); the parent adds
+  ``added_ms`` / ``added_flops`` (attached minus plain) and ``floor_ms``, the added FLOPs at the GEMM
+  rate measured in the same worker (``gemm_gflops``, a 2048^2 float32 matmul);
+* ``predict_b1`` / ``predict_b256``: ``full_sort_predict`` p50 / p99 in eval mode under ``no_grad``;
+* ``peak_mem_bytes``: CUDA ``max_memory_allocated`` during the steps; on CPU the growth of the
+  process's max RSS over the steps (``ru_maxrss``), the dataset and model already loaded;
+* ``epoch_s``: one whole training epoch through RecBole's own ``Trainer._train_epoch``.
+
+    python -m benchmarks.step_cost                               # all models, CPU (about 8 minutes on 2 cores)
+    python -m benchmarks.step_cost --models BPR --no-epoch      # one backbone, steps and prediction only
+    python -m benchmarks.step_cost --profile                     # + torch.profiler top ops per attached model
+    python -m benchmarks.step_cost --device cuda --out benchmarks/results/step-cost-cuda.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.compat import BACKBONES, load_hparams, provenance
+from fusionlayer.encoders.cache import atomic_write_bytes
+
+HERE = Path(__file__).resolve().parent
+MODELS = [*BACKBONES, "M2SR"]
+TARGETS = {"SASRec": 1.15, "GRU4Rec": 1.3}  # attached step / plain step
+
+
+def timed(fn, device: str, repeats: int, warmup: int = 2) -> list[float]:
+    """Milliseconds of ``fn()`` per call (CUDA synchronised inside the timed region)."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        out.append((time.perf_counter() - start) * 1e3)
+    return out
+
+
+def gemm_gflops(device: str, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    ms = statistics.median(timed(lambda: torch.mm(a, b), device, repeats))
+    return 2 * n**3 / (ms / 1e3) / 1e9
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    samples = sorted(samples)
+    return {"p50_ms": round(samples[len(samples) // 2], 3),
+            "p99_ms": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))], 3)}
+
+
+def build(model_name: str, variant: str, args):
+    """(config, model, train_data, test_data) built exactly as the compatibility benchmark builds them."""
+    import fusionlayer
+    from benchmarks.compat import load_tables, model_class
+    from fusionlayer.data.recbole_data import prepare_data, recbole_config
+    from recbole.utils import init_seed
+
+    hparams = load_hparams()
+    overrides = {**hparams["common"], **hparams["models"][model_name], "seed": 0, "reproducibility": True,
+                 "device": args.device, "use_gpu": args.device.startswith("cuda"), "checkpoint_dir": "/tmp/fusionlayer-step-cost"}
+    cls = model_class(model_name)
+    config = recbole_config(cls, args.dataset, data_root=args.data_dir, overrides=overrides)
+    init_seed(0, True)
+    _, train_data, _, test_data = prepare_data(config)
+    tables = load_tables(args.dataset, train_data.dataset, args, hparams) if variant != "plain" else {}
+    init_seed(0, True)
+    model = cls(config, train_data.dataset, features=tables) if model_name == "M2SR" else cls(config, train_data.dataset)
+    if variant == "fusion":
+        fusionlayer.attach(model, tables, dataset=train_data.dataset, **hparams["fusion"])
+    return config, model.to(args.device), train_data, test_data
+
+
+def measure(model_name: str, variant: str, args) -> dict:
+    """One (model, variant): every number of the table, in this process."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config, model, train_data, test_data = build(model_name, variant, args)
+    batches = []
+    for batch in train_data:
+        batches.append(batch.to(args.device))
+        if len(batches) == args.batches:
+            break
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    state = {"i": 0}
+
+    def step():
+        batch = batches[state["i"] % len(batches)]
+        state["i"] += 1
+        optimizer.zero_grad(set_to_none=True)
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+
+    model.train()
+    gemm = gemm_gflops(args.device)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    step_ms = statistics.median(timed(step, args.device, args.steps, warmup=3))
+    if args.device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    row = {"model": model_name, "variant": variant, "batch_size": int(config["train_batch_size"]),
+           "step_ms": round(step_ms, 3), "flops": int(flops), "gemm_gflops": round(gemm, 1),
+           "peak_mem_bytes": int(peak), "params": sum(p.numel() for p in model.parameters())}
+    model.eval()
+    eval_batch = next(iter(test_data))[0].to(args.device)
+    for size in (1, 256):
+        interaction = eval_batch[torch.arange(min(size, len(eval_batch)))]
+        with torch.no_grad():
+            row[f"predict_b{size}"] = percentiles(timed(lambda: model.full_sort_predict(interaction), args.device,
+                                                        args.predict_repeats, warmup=5))
+    if args.profile and variant != "plain":
+        row["profile"] = profile_steps(step, model)
+    if args.epoch:
+        from recbole.trainer import Trainer
+
+        model.train()
+        trainer = Trainer(config, model)
+        start = time.perf_counter()
+        trainer._train_epoch(train_data, 0, show_progress=False)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        row["epoch_s"] = round(time.perf_counter() - start, 2)
+    return row
+
+
+def profile_steps(step, model, steps: int = 5, top: int = 12) -> list[dict]:
+    """The ops that take the most self time over ``steps`` training steps (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.train()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [{"op": e.key, "calls_per_step": round(e.count / steps, 1),
+             "self_ms_per_step": round(e.self_cpu_time_total / 1e3 / steps, 3)} for e in rows]
+
+
+def run_worker(model_name: str, variant: str, args) -> dict:
+    """``measure`` in a fresh interpreter (so each row's memory is its own); failures become a status."""
+    command = [sys.executable, "-m", "benchmarks.step_cost", "--worker", f"{model_name}:{variant}",
+               *worker_flags(args)]
+    done = subprocess.run(command, cwd=HERE.parent, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        return {"model": model_name, "variant": variant, "status": f"failed: {tail}"}
+    return {**json.loads(lines[-1]), "status": "ok"}
+
+
+def worker_flags(args) -> list[str]:
+    flags = ["--device", args.device, "--dataset", args.dataset, "--steps", str(args.steps),
+             "--batches", str(args.batches), "--predict-repeats", str(args.predict_repeats)]
+    flags += ["--threads", str(args.threads)] if args.threads else []
+    flags += ["--data-dir", args.data_dir] if args.data_dir else []
+    flags += ["--cache-dir", args.cache_dir] if args.cache_dir else []
+    flags += ["--profile"] if args.profile else []
+    flags += [] if args.epoch else ["--no-epoch"]
+    return flags
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Attached vs plain of the same backbone: step ratio, added ms and FLOPs, and the FLOP floor."""
+    plain = {r["model"]: r for r in rows if r.get("variant") == "plain" and r["status"] == "ok"}
+    for row in rows:
+        base = plain.get(row["model"])
+        if row.get("variant") != "fusion" or base is None or row["status"] != "ok":
+            continue
+        added_flops = row["flops"] - base["flops"]
+        floor_ms = added_flops / (row["gemm_gflops"] * 1e9) * 1e3
+        row.update({"step_ratio": round(row["step_ms"] / base["step_ms"], 3),
+                    "added_ms": round(row["step_ms"] - base["step_ms"], 3), "added_flops": int(added_flops),
+                    "floor_ms": round(floor_ms, 3),
+                    "added_over_floor": round((row["step_ms"] - base["step_ms"]) / floor_ms, 2) if floor_ms > 0 else None,
+                    "predict_b1_added_ms": round(row["predict_b1"]["p50_ms"] - base["predict_b1"]["p50_ms"], 3)})
+        if row["model"] in TARGETS:
+            row["target"] = f"step_ratio <= {TARGETS[row['model']]}"
+            row["met"] = row["step_ratio"] <= TARGETS[row["model"]]
+        else:
+            row["target"] = "added_ms <= 3 x floor_ms + 1"
+            row["met"] = row["added_ms"] <= 3 * floor_ms + 1
+        row["predict_met"] = row["predict_b1_added_ms"] <= 1.0
+
+
+def table(result: dict) -> str:
+    """The README's markdown table."""
+    head = ("| model | variant | batch | step ms | x plain | added ms | FLOP floor ms | target | "
+            "predict b1 p50/p99 ms | predict b256 p50 ms | peak mem MiB | epoch s |\n|" + "---|" * 12)
+    lines = [head]
+    for r in result["rows"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['model']} | {r['variant']} | | {r['status']} |" + " |" * 8)
+            continue
+        target = "" if "met" not in r else f"{'met' if r['met'] else 'missed'} ({r['target']})"
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {r['batch_size']} | {r['step_ms']:.1f} | {r.get('step_ratio', '')} | "
+            f"{r.get('added_ms', '')} | {r.get('floor_ms', '')} | {target} | "
+            f"{r['predict_b1']['p50_ms']:.2f} / {r['predict_b1']['p99_ms']:.2f} | {r['predict_b256']['p50_ms']:.1f} | "
+            f"{r['peak_mem_bytes'] / 2**20:.0f} | {r.get('epoch_s', '')} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per row")
+    parser.add_argument("--batches", type=int, default=8, help="distinct real training batches the steps cycle over")
+    parser.add_argument("--predict-repeats", type=int, default=100)
+    parser.add_argument("--no-epoch", dest="epoch", action="store_false", help="skip the one-epoch wall time")
+    parser.add_argument("--profile", action="store_true", help="add torch.profiler's top ops of attached models")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/step-cost-<cpu|cuda>.json")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {MODELS}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch here; run on a machine with a GPU")
+    for name in ("steps", "batches", "predict_repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.out is None:
+        args.out = HERE / "results" / f"step-cost-{'cuda' if args.device.startswith('cuda') else 'cpu'}.json"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        import logging
+
+        logging.disable(logging.WARNING)
+        model_name, variant = args.worker.split(":")
+        print(json.dumps(measure(model_name, variant, args)), flush=True)
+        return 0
+    rows = []
+    for name in args.models:
+        for variant in (["standalone"] if name == "M2SR" else ["plain", "fusion"]):
+            rows.append(run_worker(name, variant, args))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "profile"}), flush=True)
+    add_ratios(rows)
+    result = {**provenance("benchmarks.step_cost", argv, args.device), "rows": rows}
+    atomic_write_bytes(args.out, json.dumps(result, indent=1).encode())
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
