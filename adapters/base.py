@@ -51,19 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusionlayer.config import FusionConfig
+from fusionlayer.config import AdapterOptions
 from fusionlayer.fusion import FeatureFusionLayer
 
-__all__ = ["ADAPTER_DEFAULTS", "ContentEmbedding", "FusionAdapter"]
-
-# Lighter than FusionConfig's standalone defaults: the backbone already models the sequence, the
-# fusion is an add-on whose step cost should stay small next to it. Any of them can be overridden
-# through attach(model, features, **fusion_options).
-# Dropout sits on the fused (B, H) output (``output_dropout``), not inside the Mixers: on CPU,
-# sampling masks for every (B, L, H) activation costs more than the Mixer's matmuls.
-ADAPTER_DEFAULTS = {"hidden_size": 32, "num_layers": 1, "num_fusion_layers": 1, "token_hidden_size": 32,
-                    "channel_hidden_size": 64, "dropout": 0.0}
-
+__all__ = ["ContentEmbedding", "FusionAdapter"]
 
 class ContentEmbedding(nn.Module):
     """An ``nn.Embedding`` stand-in whose rows add the item's fused content features.
@@ -146,8 +137,8 @@ class FusionAdapter(nn.Module):
     Args:
         model: the RecBole model (read for sizes only; ``install`` changes it).
         tables: validated ``{modality: (n_items, D)}`` tables.
-        fusion_options: :class:`FusionConfig` fields for the history fusion (``modality_dims`` is filled
-            in), plus ``output_dropout`` (default 0.2) on the fused history vector.
+        options: validated :class:`~fusionlayer.config.AdapterOptions` (``attach``'s keyword options
+            over the adapter's ``default_options``).
         dataset: the training dataset (used by adapters that need histories, e.g. BPR).
     """
 
@@ -155,10 +146,12 @@ class FusionAdapter(nn.Module):
     overrides: tuple[str, ...] = ()
     entry_points: tuple[str, ...] = ("forward", "calculate_loss", "predict", "full_sort_predict")
     id_stream_dim_attr: str = "hidden_size"
+    default_options: dict[str, Any] = {}  # this backbone's defaults over AdapterOptions' own
 
-    def __init__(self, model: nn.Module, tables: Mapping[str, torch.Tensor], *, fusion_options: Mapping[str, Any],
+    def __init__(self, model: nn.Module, tables: Mapping[str, torch.Tensor], *, options: AdapterOptions,
                  dataset: Any = None) -> None:
         super().__init__()
+        self.options = options
         self.modalities = list(tables)
         present = torch.zeros(next(iter(tables.values())).shape[0], dtype=torch.bool)
         for table in tables.values():
@@ -166,20 +159,21 @@ class FusionAdapter(nn.Module):
         present[0] = False  # RecBole's padding id
         self.register_buffer("item_present", present.unsqueeze(1), persistent=False)
         id_dim = self.id_stream_dim(model)
-        fusion_options = dict(fusion_options)
-        self.output_dropout = nn.Dropout(fusion_options.pop("output_dropout", 0.2))
-        options = {"max_seq_length": getattr(model, "max_seq_length", 50), **ADAPTER_DEFAULTS, **fusion_options}
-        self.config = FusionConfig(modality_dims={"id": id_dim, **{n: t.shape[1] for n, t in tables.items()}}, **options)
+        self.config = options.fusion_config({"id": id_dim, **{n: t.shape[1] for n, t in tables.items()}},
+                                            getattr(model, "max_seq_length", 50))
         H = self.config.hidden_size
         self.fusion = FeatureFusionLayer(config=self.config)
         for name, table in self.fusion.normalize_tables(tables).items():  # constant: normalised once
             self.register_buffer(f"normed_{name}", table, persistent=False)
-        self.user_out = nn.Linear(H, id_dim, bias=False)
-        self.item_out = nn.ModuleDict(
-            {name: nn.Linear(H, getattr(model, name).embedding_dim, bias=False) for name in self.candidate_embeddings}
-        )
+        self.output_dropout = nn.Dropout(options.output_dropout)
+        self.history_on = options.side in ("both", "history")
+        self.wrapped = self.candidate_embeddings if options.side in ("both", "candidate") else ()
+        self.user_out = nn.Linear(H, id_dim, bias=False) if self.history_on else None
+        self.item_out = nn.ModuleDict({name: nn.Linear(H, getattr(model, name).embedding_dim, bias=False)
+                                       for name in self.wrapped})
         for linear in [self.user_out, *self.item_out.values()]:
-            nn.init.zeros_(linear.weight)  # freshly attached == base model
+            if linear is not None:
+                nn.init.zeros_(linear.weight)  # freshly attached == base model
         self._model_ref: list[nn.Module] = []  # the host model, kept out of the module tree
         self._memo: dict[str, tuple[tuple, Any]] = {}  # inference cache, see the module docstring
         self._scope: dict[str, Any] | None = None  # values shared within one entry-point call
@@ -190,11 +184,16 @@ class FusionAdapter(nn.Module):
         return int(getattr(model, cls.id_stream_dim_attr))
 
     @classmethod
-    def check_model(cls, model: nn.Module, *, dataset: Any = None) -> None:
+    def check_model(cls, model: nn.Module, *, dataset: Any = None, options: AdapterOptions | None = None) -> None:
         """Raise before any change if ``model`` lacks what this adapter needs."""
         for name in cls.candidate_embeddings:
             if not isinstance(getattr(model, name, None), nn.Embedding):
                 raise TypeError(f"{type(model).__name__}.{name} must be an nn.Embedding for {cls.__name__}")
+        model_length = getattr(model, "max_seq_length", None)
+        if options is not None and options.max_seq_length is not None and model_length is not None \
+                and options.max_seq_length < model_length:
+            raise ValueError(f"max_seq_length={options.max_seq_length} is shorter than the model's histories "
+                             f"({type(model).__name__}.max_seq_length={model_length}); leave it out to use the model's")
 
     # ---------------------------------------------------------------- feature access
     def normalized_tables(self) -> dict[str, torch.Tensor]:
@@ -251,9 +250,9 @@ class FusionAdapter(nn.Module):
 
     def item_delta(self, name: str) -> torch.Tensor:
         """(n_items, E): what the content adds to the candidate embedding ``name`` (zero at attach)."""
-        out = self.item_out[name]
+        out, scale = self.item_out[name], self.options.output_scale
         return self._memoised(f"item_delta:{name}", [*self._content_inputs(), out.weight],
-                              lambda: out(self.item_content()))
+                              lambda: out(self.item_content()) if scale == 1 else out(self.item_content()) * scale)
 
     def fused_weight(self, name: str, base_weight: torch.Tensor) -> torch.Tensor:
         """``base_weight + item_delta(name)``: the weight host code reads from a wrapped embedding."""
@@ -262,7 +261,10 @@ class FusionAdapter(nn.Module):
 
     def fuse_history(self, item_seq: torch.Tensor, *, id_table: torch.Tensor | None = None,
                      id_sequence: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, H_out): the fused history at its newest item, through ``user_out`` (zero at attach)."""
+        """(B, H_out): the fused history at its newest item, through ``user_out`` (zero at attach).
+
+        Adapters call it only when ``history_on`` (``side`` is ``"both"`` or ``"history"``).
+        """
         tables, sequences = {}, {}
         if id_sequence is not None:
             sequences["id"] = id_sequence
@@ -270,7 +272,8 @@ class FusionAdapter(nn.Module):
             tables["id"] = id_table
         fused = self.fusion.forward_items(item_seq, tables, sequences=sequences,
                                           projected_tables=self.projected_tables(), last_only=True)
-        return self.user_out(self.output_dropout(fused))
+        out = self.user_out(self.output_dropout(fused))
+        return out if self.options.output_scale == 1 else out * self.options.output_scale
 
     # ---------------------------------------------------------------- install / uninstall
     @property
@@ -280,7 +283,7 @@ class FusionAdapter(nn.Module):
     def install(self, model: nn.Module) -> None:
         self._model_ref.append(model)
         model.add_module("fusion_adapter", self)
-        for name in self.candidate_embeddings:
+        for name in self.wrapped:
             setattr(model, name, ContentEmbedding(getattr(model, name), self, name))
         for name in self.overrides:
             setattr(self, f"base_{name}", _unbound(model, name))  # the original class's method
@@ -292,7 +295,7 @@ class FusionAdapter(nn.Module):
     def uninstall(self, model: nn.Module) -> None:
         for name in {*self.overrides, *self.entry_points}:
             model.__dict__.pop(name, None)
-        for name in self.candidate_embeddings:
+        for name in self.wrapped:
             setattr(model, name, getattr(model, name).base_layer)
         del model._modules["fusion_adapter"]
         self._model_ref.clear()

@@ -58,15 +58,15 @@ class BPRAdapter(FusionAdapter):
     overrides = ("get_user_embedding",)
     id_stream_dim_attr = "embedding_size"
 
-    def __init__(self, model: nn.Module, tables, *, fusion_options, dataset=None) -> None:
-        super().__init__(model, tables, fusion_options=fusion_options, dataset=dataset)
+    def __init__(self, model: nn.Module, tables, *, options, dataset=None) -> None:
+        super().__init__(model, tables, options=options, dataset=dataset)
         history, lengths = user_histories(dataset, model.n_users, self.config.max_seq_length)
         self.register_buffer("history", history, persistent=False)
         self.register_buffer("history_len", lengths, persistent=False)
 
     @classmethod
-    def check_model(cls, model: nn.Module, *, dataset=None) -> None:
-        super().check_model(model, dataset=dataset)
+    def check_model(cls, model: nn.Module, *, dataset=None, options=None) -> None:
+        super().check_model(model, dataset=dataset, options=options)
         if dataset is None or not hasattr(dataset, "inter_feat"):
             raise ValueError(
                 "BPR batches carry no history: pass the training dataset, "
@@ -79,6 +79,8 @@ class BPRAdapter(FusionAdapter):
             )
 
     def fused_get_user_embedding(self, user: torch.Tensor) -> torch.Tensor:
+        if not self.history_on:
+            return self.base_get_user_embedding(user)
         users, inverse = torch.unique(user, return_inverse=True)  # a batch repeats users: fuse each once
         fused = self.fuse_history(self.history[users], id_table=self.model.item_embedding.weight)
         return self.base_get_user_embedding(user) + fused[inverse]

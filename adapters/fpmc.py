@@ -43,7 +43,9 @@ class FPMCAdapter(FusionAdapter):
     def _user_and_last(self, user, item_seq, item_seq_len) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.model
         last_item = torch.gather(item_seq, dim=1, index=(item_seq_len - 1).unsqueeze(1))
-        user_emb = model.UI_emb(user) + self.fuse_history(item_seq, id_table=model.LI_emb.weight)
+        user_emb = model.UI_emb(user)
+        if self.history_on:
+            user_emb = user_emb + self.fuse_history(item_seq, id_table=model.LI_emb.weight)
         return user_emb, model.LI_emb(last_item)  # (B, E), (B, 1, E)
 
     # The arithmetic below mirrors FPMC's own, op for op, so attached == base at init, bit for bit.

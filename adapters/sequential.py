@@ -66,8 +66,8 @@ class SequentialAdapter(FusionAdapter):
     sequence_module: str | None = None
 
     @classmethod
-    def check_model(cls, model: nn.Module, *, dataset=None) -> None:
-        super().check_model(model, dataset=dataset)
+    def check_model(cls, model: nn.Module, *, dataset=None, options=None) -> None:
+        super().check_model(model, dataset=dataset, options=options)
         params = list(inspect.signature(model.forward).parameters)
         if params[:2] != ["item_seq", "item_seq_len"]:
             raise TypeError(f"{type(model).__name__}.forward must take (item_seq, item_seq_len), got {params}")
@@ -93,6 +93,9 @@ class SequentialAdapter(FusionAdapter):
     def fused_forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         self._captured.clear()
         seq_output = self.base_forward(item_seq, item_seq_len)  # (B, H)
+        if not self.history_on:
+            self._captured.clear()
+            return seq_output
         if self.sequence_module:
             id_sequence = self._captured.pop()  # (B, L, H): the backbone's per-position output
         else:

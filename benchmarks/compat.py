@@ -9,13 +9,13 @@ may share one results file: each run is claimed first (``<results>.claims/<run>.
 with O_EXCL, removed when the run's line is written), so no two live workers train the same run; a
 claim left by a process that died on this host is taken over.
 
-    python benchmarks/compat.py                     # the full ML-100K grid (hours on 2 CPU cores)
-    python benchmarks/compat.py --workers 2 --threads 1   # two single-thread worker processes
-    python benchmarks/compat.py --quick             # 1 epoch, 60 users: wiring check (~1-2 min)
-    python benchmarks/compat.py --models BPR,FPMC --seeds 0
-    python benchmarks/compat.py --models BPR --seeds 0 --fusion-option output_dropout=0.5 \
+    python -m benchmarks.compat                     # the full ML-100K grid (hours on 2 CPU cores)
+    python -m benchmarks.compat --workers 2 --threads 1   # two single-thread worker processes
+    python -m benchmarks.compat --quick             # 1 epoch, 60 users: wiring check (~1-2 min)
+    python -m benchmarks.compat --models BPR,FPMC --seeds 0
+    python -m benchmarks.compat --models BPR --seeds 0 --fusion-option output_dropout=0.5 \
         --out benchmarks/results/ablation/output_dropout-0.5.jsonl   # a fusion variant, fusion runs only
-    python benchmarks/report.py                     # tables, significance, popularity, PNG
+    python -m benchmarks.report                     # tables, significance, popularity, PNG
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from benchmarks.models import BACKBONES, MODELS, STANDALONE, model_class, variants
-from benchmarks.provenance import device_name, git_commit, provenance
+from benchmarks.provenance import command_line, device_name, git_commit
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -52,48 +52,41 @@ def load_hparams(path: Path = HERE / "compat_config.json") -> dict:
     return json.loads(path.read_text())
 
 
-def grid(models: list[str], seeds: list[int], *, fusion_only: bool = False) -> list[tuple[str, str, int]]:
+def grid(models: list[str], seeds: list[int], *, fusion_only: bool = False,
+         only: set[str] | None = None) -> list[tuple[str, str, int]]:
     """(model, variant, seed) in run order: seed-major, so every model gets seed 0 first.
 
     ``fusion_only``: just the backbones' +fusion runs (for ``--fusion-option`` variants, whose plain
-    baselines are the main grid's).
+    baselines are the main grid's). ``only``: keep these variants (``--variants``).
     """
     runs = []
     for seed in seeds:
         for model in models:
-            runs += [(model, variant, seed) for variant in variants(model) if not fusion_only or variant == "fusion"]
+            runs += [(model, variant, seed) for variant in variants(model)
+                     if (not fusion_only or variant == "fusion") and (only is None or variant in only)]
     return runs
 
 
 def parse_fusion_options(pairs: list[str]) -> dict:
     """``["output_dropout=0.5", "hidden_size=16"]`` -> ``{"output_dropout": 0.5, "hidden_size": 16}``.
 
-    Keys are checked against what ``attach()`` accepts (FusionConfig fields, ``output_dropout``);
-    values are read as JSON (numbers, booleans), else kept as strings. Raises ValueError.
+    Values are read as JSON (numbers, booleans), else kept as strings, then checked by
+    :class:`fusionlayer.AdapterOptions` (what ``attach()`` accepts) before any training. Raises ValueError.
     """
-    from dataclasses import fields
+    from fusionlayer.config import AdapterOptions
 
-    from fusionlayer.config import FusionConfig
-
-    allowed = sorted({f.name for f in fields(FusionConfig)} - {"modality_dims"} | {"output_dropout"})
     options = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"--fusion-option takes KEY=VALUE, got {pair!r}; e.g. --fusion-option output_dropout=0.5")
-        if key not in allowed:
-            raise ValueError(f"--fusion-option: unknown key {key!r}; attach() accepts {allowed}")
         try:
             options[key] = json.loads(text)
         except ValueError:
             options[key] = text
-    dropout = options.get("output_dropout", 0.0)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"--fusion-option output_dropout must be a number in [0, 1), got {dropout!r}")
-    config = {k: v for k, v in options.items() if k != "output_dropout"}
     try:
-        FusionConfig(modality_dims={"id": 1}, **config)  # the checks attach() would make, before any training
+        AdapterOptions.from_options(options)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"--fusion-option: {exc}") from None
     return options
@@ -227,7 +220,8 @@ def summarise(ranked: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
 def load_tables(dataset_name: str, train_dataset, args, hparams) -> dict:
     from fusionlayer.encoders import load_features
 
-    aligned = load_features(dataset_name, train_dataset, ("text", "image"), encoders=hparams["encoders"],
+    modalities = tuple(hparams.get("modalities", ("text", "image")))
+    aligned = load_features(dataset_name, train_dataset, modalities, encoders=hparams["encoders"],
                             data_root=args.data_dir, cache_dir=args.cache_dir, progress=False)
     return {name: a.features for name, a in aligned.items()}
 
@@ -269,6 +263,7 @@ def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> di
         model = model.to(args.device)
         params = sum(p.numel() for p in model.parameters())
         fusion_params = fusionlayer.count_parameters(model)["fusion"]
+        recipe = model.fusion_adapter.options.to_dict() if variant == "fusion" else None
         trainer = Trainer(config, model)
         start = time.perf_counter()
         trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False)
@@ -291,14 +286,15 @@ def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> di
         "test": summarise(test_ranks), "valid": summarise(valid_ranks),
         "recbole_test": {k: round(float(v), 6) for k, v in recbole_test.items()},
         "best_epoch": int(checkpoint["epoch"]), "epochs_run": len(trainer.train_loss_dict),
+        "epoch_cap": int(config["epochs"]), "stopped_early": len(trainer.train_loss_dict) < int(config["epochs"]),
         "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
         "params": int(params), "fusion_params": int(fusion_params),
         "n_users": int(dataset.user_num - 1), "n_items": int(dataset.item_num - 1), "n_inter": int(len(dataset.inter_feat)),
         "commit": git_commit(), "torch": torch.__version__, "device": device_name(args.device),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": " ".join(["python", "benchmarks/compat.py", *sys.argv[1:]]),
+        "command": command_line("benchmarks.compat"),
         "hparams": {**hparams["common"], **hparams["models"][model_name],
-                    **({"fusion": hparams["fusion"]} if variant == "fusion" else {})},
+                    **({"fusion": recipe} if variant == "fusion" else {})},
         "per_user": {"user": test_ranks["user"].tolist(),
                      "ndcg@10": [round(float(x), 5) for x in test_metrics["ndcg@10"]],
                      "target_pop": test_ranks["target_pop"].tolist()},
@@ -311,6 +307,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="ml-100k", help=f"one of {DATASETS}")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
     parser.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; 0 with --quick)")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of plain,fusion,standalone (default all)")
     parser.add_argument("--quick", action="store_true", help="1 epoch on the first 60 users: proves the wiring end to end")
     parser.add_argument("--out", type=Path, default=None, help="results .jsonl (default benchmarks/results/compat-<dataset>[-quick].jsonl)")
     parser.add_argument("--data-dir", default=os.environ.get("FUSIONLAYER_DATA"), help="folder holding <dataset>/ (default ../shared/datasets)")
@@ -336,6 +333,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {MODELS}")
+    if args.variants is not None:
+        args.variants = {v.strip() for v in args.variants.split(",") if v.strip()}
+        if not args.variants or args.variants - {"plain", "fusion", "standalone"}:
+            parser.error(f"--variants takes a comma-separated subset of plain,fusion,standalone, got {args.variants}")
     if args.seeds is None:
         args.seeds = "0" if args.quick else "0,1,2"
     try:
@@ -368,7 +369,7 @@ def main(argv=None) -> int:
     hparams["fusion"] = {**hparams["fusion"], **args.fusion_options}
     git_commit()
     done = {run_key(r) for r in read_results(args.out)}
-    runs = grid(args.models, args.seeds, fusion_only=bool(args.fusion_options))
+    runs = grid(args.models, args.seeds, fusion_only=bool(args.fusion_options), only=args.variants)
     todo = [(m, v, s) for m, v, s in runs if (args.dataset, m, v, s, args.quick) not in done]
     logger.info("%d runs recorded in %s, %d to do", len(done), args.out, len(todo))
     finished = 0
@@ -412,7 +413,7 @@ def run_workers(args, argv: list[str]) -> int:
     child_argv = without_workers(argv)
     children = []
     for _ in range(args.workers):
-        children.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *child_argv]))
+        children.append(subprocess.Popen([sys.executable, "-m", "benchmarks.compat", *child_argv], cwd=HERE.parent))
         time.sleep(1)  # stagger start-up so the first claims do not collide on data preparation
     codes = [child.wait() for child in children]
     return max(codes)

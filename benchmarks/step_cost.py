@@ -1,8 +1,9 @@
 """What attaching fusion costs each backbone, on real ML-100K batches: step, FLOPs, prediction, memory, epoch.
 
-Per model, plain and attached (M2SR standalone), at the compatibility grid's own batch sizes
-(``benchmarks/compat_config.json``: 256 for the cross-entropy models, 2048 for BPR and FPMC), each
-(model, variant) in a fresh subprocess so its memory is its own:
+Per model, plain and attached (M2SR standalone), with the compatibility benchmark's model
+hyper-parameters (``benchmarks/compat_config.json``) at batch 256 for the cross-entropy models and 2048
+for BPR and FPMC (the batch sizes the capped grid trained with), each (model, variant) in a fresh
+subprocess so its memory is its own:
 
 * ``step_ms``: median of timed RecBole-style training steps (zero_grad, ``calculate_loss``, backward,
   Adam step) cycling over the first real training batches, after warm-up;
@@ -39,6 +40,7 @@ from fusionlayer.encoders.cache import atomic_write_bytes
 HERE = Path(__file__).resolve().parent
 MODELS = [*BACKBONES, "M2SR"]
 TARGETS = {"SASRec": 1.15, "GRU4Rec": 1.3}  # attached step / plain step
+BATCH_SIZE = {"BPR": 2048, "FPMC": 2048}  # others 256
 
 
 def timed(fn, device: str, repeats: int, warmup: int = 2) -> list[float]:
@@ -77,7 +79,8 @@ def build(model_name: str, variant: str, args):
     from recbole.utils import init_seed
 
     hparams = load_hparams()
-    overrides = {**hparams["common"], **hparams["models"][model_name], "seed": 0, "reproducibility": True,
+    overrides = {**hparams["common"], **hparams["models"][model_name], "train_batch_size": BATCH_SIZE.get(model_name, 256),
+                 "seed": 0, "reproducibility": True,
                  "device": args.device, "use_gpu": args.device.startswith("cuda"), "checkpoint_dir": "/tmp/fusionlayer-step-cost"}
     cls = model_class(model_name)
     config = recbole_config(cls, args.dataset, data_root=args.data_dir, overrides=overrides)

@@ -14,7 +14,7 @@ from fusionlayer.attach import (
     load_fusion_state_dict,
     register_adapter,
 )
-from fusionlayer.config import FusionConfig
+from fusionlayer.config import AdapterOptions, FusionConfig
 from fusionlayer.fusion import FeatureFusionLayer
 from fusionlayer.layers import MixerBlock, MlpBlock
 from fusionlayer.recbole_compat import patch_recbole
@@ -22,7 +22,7 @@ from fusionlayer.recbole_compat import patch_recbole
 __version__ = "0.1.0"
 
 __all__ = [
-    "FeatureFusionLayer", "FusionConfig", "MixerBlock", "MlpBlock", "M2SR", "MLPMixerRec", "attach", "detach",
+    "AdapterOptions", "FeatureFusionLayer", "FusionConfig", "MixerBlock", "MlpBlock", "M2SR", "MLPMixerRec", "attach", "detach",
     "register_adapter", "list_adapters", "count_parameters", "fusion_state_dict", "load_fusion_state_dict",
     "is_attached", "patch_recbole",
 ]

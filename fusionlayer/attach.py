@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from fusionlayer.config import AdapterOptions
 from fusionlayer.features import as_feature_tables
 from fusionlayer.recbole_compat import patch_recbole
 
@@ -102,12 +103,14 @@ def attach(model: nn.Module, features: Mapping[str, Any], *, dataset: Any = None
         dataset: the training dataset (``train_data.dataset``); required for BPR, whose batches carry
             no history.
         freeze_backbone: train only the fusion parameters.
-        **fusion_options: :class:`~fusionlayer.FusionConfig` fields for the history fusion
-            (``hidden_size``, ``num_layers``, ``dropout``, ...); ``max_seq_length`` defaults to the model's.
+        **fusion_options: :class:`~fusionlayer.AdapterOptions` fields: the history fusion's
+            ``hidden_size``, ``num_layers``, ``dropout``, ... and the adapter's ``output_dropout``,
+            ``output_scale`` and ``side``; unset ones take the backbone adapter's tuned defaults.
 
     Raises:
         TypeError: not a RecBole model, or no adapter fits. ValueError: already attached, bad features
-        (row count, NaN/Inf), missing ``dataset`` for BPR, invalid fusion options.
+        (row count, NaN/Inf), missing ``dataset`` for BPR, unknown or invalid options (the message lists
+        the valid ones).
     """
     if is_attached(model):
         raise ValueError(f"{type(model).__name__} already has a fusion layer attached; call fusionlayer.detach(model) first")
@@ -119,8 +122,9 @@ def attach(model: nn.Module, features: Mapping[str, Any], *, dataset: Any = None
         raise ValueError("features is empty; give at least one modality, e.g. {'text': T}")
     if "id" in tables:
         raise ValueError("the modality name 'id' is reserved for the item-ID stream; rename that feature table")
-    adapter_class.check_model(model, dataset=dataset)
-    adapter = adapter_class(model, tables, fusion_options=fusion_options, dataset=dataset)  # changes nothing yet
+    options = AdapterOptions.from_options(fusion_options, adapter_class.default_options)
+    adapter_class.check_model(model, dataset=dataset, options=options)
+    adapter = adapter_class(model, tables, options=options, dataset=dataset)  # changes nothing yet
     reference = next(model.parameters())
     adapter.to(device=reference.device, dtype=reference.dtype)  # float tensors only; ids stay int
     adapter.frozen = {}

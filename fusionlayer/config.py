@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Mapping
 
-__all__ = ["FusionConfig"]
+__all__ = ["AdapterOptions", "FusionConfig"]
 
 
 @dataclass
@@ -58,3 +58,60 @@ class FusionConfig:
         if unknown:
             raise KeyError(f"unknown FusionConfig fields {unknown}; known fields: {sorted(known)}")
         return cls(**values)
+
+
+SIDES = ("both", "history", "candidate")
+
+
+@dataclass(frozen=True)
+class AdapterOptions:
+    """What ``attach(model, features, **options)`` accepts: the history fusion's :class:`FusionConfig`
+    fields (lighter defaults than the standalone layer: the backbone already models the sequence)
+    plus the adapter's own options. Validated before ``attach`` changes anything.
+
+    Dropout sits on the fused ``(B, H)`` output (``output_dropout``) by default, not inside the
+    Mixers: on CPU, sampling masks for every ``(B, L, H)`` activation costs more than the matmuls.
+    """
+
+    hidden_size: int = 32  # H of the fusion streams
+    num_layers: int = 1  # Mixer blocks per modality stream
+    num_fusion_layers: int = 1  # Mixer blocks after the concatenation
+    token_hidden_size: int = 32
+    channel_hidden_size: int = 64
+    dropout: float = 0.0  # inside the Mixers
+    layer_norm_eps: float = 1e-6
+    max_seq_length: int | None = None  # None: the model's own max_seq_length (else 50)
+    output_dropout: float = 0.2  # on the fused history vector before user_out
+    output_scale: float = 1.0  # alpha on both zero-initialised outputs: under Adam, the fusion's own step size
+    side: str = "both"  # where content enters: "both", "history" (user/sequence side), "candidate" (item side)
+
+    def __post_init__(self) -> None:
+        for name in ("output_dropout", "output_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+        if not 0.0 <= self.output_dropout < 1.0:
+            raise ValueError(f"output_dropout must be in [0, 1), got {self.output_dropout!r}")
+        if not self.output_scale > 0:
+            raise ValueError(f"output_scale must be > 0, got {self.output_scale!r}")
+        if self.side not in SIDES:
+            raise ValueError(f"side must be one of {list(SIDES)}, got {self.side!r}")
+        self.fusion_config({"id": 1}, 1)  # the FusionConfig checks, now rather than at install time
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> "AdapterOptions":
+        """``defaults`` (an adapter's own) then ``options`` (the user's); unknown names raise ValueError."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"unknown attach() option(s) {unknown}; valid options: {known}")
+        return replace(cls(**dict(defaults or {})), **dict(options))
+
+    def fusion_config(self, modality_dims: Mapping[str, int], default_max_seq_length: int) -> FusionConfig:
+        adapter_only = {"output_dropout", "output_scale", "side", "max_seq_length"}
+        values = {k: v for k, v in asdict(self).items() if k not in adapter_only}
+        return FusionConfig(modality_dims=dict(modality_dims), max_seq_length=self.max_seq_length or default_max_seq_length,
+                            **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

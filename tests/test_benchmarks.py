@@ -218,7 +218,7 @@ def test_workers_share_the_grid_through_claims(tmp_path, monkeypatch):
 
 def test_fusion_options_are_checked_before_training(tmp_path):
     assert compat.parse_fusion_options(["output_dropout=0.5", "hidden_size=16"]) == {"output_dropout": 0.5, "hidden_size": 16}
-    for bad, words in [("foo=1", "unknown key 'foo'"), ("hidden_size=-1", "hidden_size"),
+    for bad, words in [("foo=1", "unknown attach() option(s) ['foo']; valid options: "), ("hidden_size=-1", "hidden_size"),
                        ("output_dropout=1.5", "[0, 1)"), ("hidden_size", "KEY=VALUE")]:
         with pytest.raises(ValueError, match=re.escape(words)):
             compat.parse_fusion_options([bad])

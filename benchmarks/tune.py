@@ -1,0 +1,118 @@
+"""Choose the +fusion recipe per backbone on validation: run the declared search space, record, pick.
+
+The space is ``benchmarks/results/tuning/space.json`` (committed before its runs). Each candidate is
+one +fusion run of the compatibility benchmark's converged protocol on the space's seed, with one
+``attach()`` option (or the set of modalities) changed from the defaults. Every finished run appends
+one line to ``benchmarks/results/tuning/<dataset>-<model>.jsonl`` (a re-run skips what is recorded);
+``--pick`` writes ``picks.json``: per backbone, the candidate with the best validation NDCG@10, next
+to the plain baseline's validation NDCG@10 from the main grid when it is there. Test metrics are
+recorded but choose nothing.
+
+    python -m benchmarks.tune --models BPR,FPMC          # run what is missing (minutes per BPR/FPMC run)
+    python -m benchmarks.tune --pick                     # write picks.json from what is recorded
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from benchmarks import compat
+from benchmarks.models import BACKBONES
+from benchmarks.provenance import atomic_write_json, provenance
+
+TUNING = compat.RESULTS / "tuning"
+logger = logging.getLogger("fusionlayer.bench.tune")
+
+
+def load_space(path: Path = TUNING / "space.json") -> dict:
+    space = json.loads(path.read_text())
+    names = [c["name"] for c in space["candidates"]]
+    if len(set(names)) != len(names) or "default" not in names:
+        raise ValueError(f"{path}: candidate names must be unique and include 'default', got {names}")
+    for candidate in space["candidates"]:
+        compat.parse_fusion_options([f"{k}={json.dumps(v)}" for k, v in candidate["options"].items()])
+    return space
+
+
+def results_path(dataset: str, model: str) -> Path:
+    return TUNING / f"{dataset}-{model}.jsonl"
+
+
+def run(args, space: dict) -> None:
+    hparams = compat.load_hparams()
+    for model in args.models:
+        out = results_path(args.dataset, model)
+        done = {row.get("candidate") for row in compat.read_results(out)}
+        for candidate in space["candidates"]:
+            if candidate["name"] in done:
+                continue
+            logger.info("%s %s (seed %d)", model, candidate["name"], space["seed"])
+            recipe = {**hparams, "fusion": {**hparams["fusion"], **candidate["options"]}}
+            if "modalities" in candidate:
+                recipe["modalities"] = candidate["modalities"]
+            row = compat.run_one(model, "fusion", space["seed"], args, recipe)
+            row.update(candidate=candidate["name"], modalities=candidate.get("modalities", ["text", "image"]),
+                       command=provenance("benchmarks.tune")["command"])
+            compat.append_result(out, row)
+            logger.info("  valid ndcg@10 %.4f (best epoch %d of %d)", row["valid"]["full"]["ndcg@10"],
+                        row["best_epoch"], row["epochs_run"])
+
+
+def pick(dataset: str, space: dict) -> dict:
+    """Per backbone: every candidate's validation NDCG@10, the pick, and the plain baseline's."""
+    main = [r for r in compat.read_results(compat.RESULTS / f"compat-{dataset}.jsonl")
+            if r["variant"] == "plain" and int(r["seed"]) == space["seed"] and not r.get("quick")]
+    picks = {}
+    for model in space["models"]:
+        rows = {r["candidate"]: r for r in compat.read_results(results_path(dataset, model))}
+        if not rows:
+            continue
+        scores = {name: r["valid"]["full"]["ndcg@10"] for name, r in rows.items()}
+        best = max(scores, key=scores.get)
+        plain = next((r["valid"]["full"]["ndcg@10"] for r in main if r["model"] == model), None)
+        picks[model] = {"pick": best, "options": next(c["options"] for c in space["candidates"] if c["name"] == best),
+                        "valid_ndcg@10": scores, "plain_valid_ndcg@10": plain,
+                        "complete": len(rows) == len(space["candidates"]),
+                        "epochs_run": {name: r["epochs_run"] for name, r in rows.items()}}
+    return picks
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(BACKBONES))
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--pick", action="store_true", help="only write picks.json from the recorded runs")
+    args = parser.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(args.models) - set(BACKBONES))
+    if unknown:
+        parser.error(f"unknown backbones {unknown}; choose from {BACKBONES}")
+    args.quick = False
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for name in ("recbole", "fusionlayer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    space = load_space()
+    if not args.pick:
+        run(args, space)
+    picks = pick(args.dataset, space)
+    atomic_write_json(TUNING / "picks.json", {**provenance("benchmarks.tune", argv), "picks": picks})
+    for model, p in picks.items():
+        print(f"{model}: pick {p['pick']} ({p['valid_ndcg@10'][p['pick']]:.4f} valid NDCG@10; "
+              f"default {p['valid_ndcg@10'].get('default')}, plain {p['plain_valid_ndcg@10']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
