@@ -34,7 +34,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.compat import BACKBONES, load_hparams, provenance
+from benchmarks.compat import load_hparams
+from benchmarks.models import BACKBONES
+from benchmarks.provenance import provenance
 from fusionlayer.encoders.cache import atomic_write_bytes
 
 HERE = Path(__file__).resolve().parent
@@ -74,7 +76,8 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 def build(model_name: str, variant: str, args):
     """(config, model, train_data, test_data) built exactly as the compatibility benchmark builds them."""
     import fusionlayer
-    from benchmarks.compat import load_tables, model_class
+    from benchmarks.compat import load_tables
+    from benchmarks.models import model_class
     from fusionlayer.data.recbole_data import prepare_data, recbole_config
     from recbole.utils import init_seed
 
