@@ -19,6 +19,7 @@ subprocess so its memory is its own:
     python -m benchmarks.step_cost --models BPR --no-epoch      # one backbone, steps and prediction only
     python -m benchmarks.step_cost --profile                     # + torch.profiler top ops per attached model
     python -m benchmarks.step_cost --device cuda --out benchmarks/results/step-cost-cuda.json
+    python -m benchmarks.step_cost --markdown-only --before benchmarks/results/step-cost-cpu-before.json
 """
 
 from __future__ import annotations
@@ -232,6 +233,21 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(result: dict, before: dict | None = None) -> str:
+    """The table and where the time goes (the profile's top ops), after and, if given, before."""
+    parts = []
+    for label, res in ([("Before", before)] if before else []) + [("After" if before else "Results", result)]:
+        parts.append(f"## {label}\n\n`{res['command']}`, commit {res['commit']}, {res['device']}, "
+                     f"torch {res['torch']}, {res['date']}\n\n{table(res)}\n")
+        for row in res["rows"]:
+            if row.get("profile"):
+                ops = "; ".join(f"{p['op'].removeprefix('aten::')} {p['self_ms_per_step']:.1f} ms ({p['calls_per_step']:.0f} calls)"
+                                for p in row["profile"][:8])
+                parts.append(f"- {row['model']} {row['variant']}, {row['step_ms']:.1f} ms/step, top self time per step: {ops}")
+        parts.append("")
+    return "\n".join(parts)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
@@ -246,6 +262,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/step-cost-<cpu|cuda>.json")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="an earlier results file to show before this run in the markdown summary (<out>.md)")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite <out>.md from <out> and --before, run nothing")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -273,6 +292,10 @@ def main(argv=None) -> int:
         model_name, variant = args.worker.split(":")
         print(json.dumps(measure(model_name, variant, args)), flush=True)
         return 0
+    before = json.loads(args.before.read_text()) if args.before else None
+    if args.markdown_only:
+        atomic_write_bytes(args.out.with_suffix(".md"), markdown(json.loads(args.out.read_text()), before).encode())
+        return 0
     rows = []
     for name in args.models:
         for variant in (["standalone"] if name == "M2SR" else ["plain", "fusion"]):
@@ -281,6 +304,7 @@ def main(argv=None) -> int:
     add_ratios(rows)
     result = {**provenance("benchmarks.step_cost", argv, args.device), "rows": rows}
     atomic_write_bytes(args.out, json.dumps(result, indent=1).encode())
+    atomic_write_bytes(args.out.with_suffix(".md"), markdown(result, before).encode())
     print(table(result))
     return 0
 
