@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import types
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -99,13 +100,15 @@ class _Scoped:
     A plain class rather than a closure, so an attached model can be deep-copied and pickled.
     """
 
-    def __init__(self, adapter: "FusionAdapter", function) -> None:
-        self.adapter, self.function = adapter, function
+    def __init__(self, adapter: "FusionAdapter", function, name: str) -> None:
+        self.adapter, self.function, self.name = adapter, function, name
 
     def __call__(self, *args, **kwargs):
         adapter = self.adapter
         if adapter._scope is not None:
             return self.function(*args, **kwargs)
+        if self.name == "calculate_loss" and adapter.training and torch.is_grad_enabled():
+            adapter.check_training()
         adapter._scope = {}
         try:
             return self.function(*args, **kwargs)
@@ -275,6 +278,19 @@ class FusionAdapter(nn.Module):
         out = self.user_out(self.output_dropout(fused))
         return out if self.options.output_scale == 1 else out * self.options.output_scale
 
+    def check_training(self) -> None:
+        """Warn once if, by the third training step, the zero-initialised outputs are all still zero:
+        the optimiser does not hold the fusion parameters (a Trainer built before ``attach``)."""
+        self._training_calls = getattr(self, "_training_calls", 0) + 1
+        if self._training_calls != 3:
+            return
+        outputs = [m.weight for m in [self.user_out, *self.item_out.values()] if m is not None]
+        if outputs and all(w.requires_grad for w in outputs) and not any(bool(w.detach().any()) for w in outputs):
+            warnings.warn(
+                "the fusion's output weights are still exactly zero after 2 training steps: the optimiser does not "
+                "update them. Build RecBole's Trainer (or your optimiser) after fusionlayer.attach(model, ...), "
+                "so that it holds the fusion parameters.", UserWarning, stacklevel=4)
+
     # ---------------------------------------------------------------- install / uninstall
     @property
     def model(self) -> nn.Module:
@@ -290,7 +306,8 @@ class FusionAdapter(nn.Module):
             model.__dict__[name] = types.MethodType(getattr(type(self), f"fused_{name}"), self)
         for name in self.entry_points:
             if callable(getattr(model, name, None)):
-                model.__dict__[name] = _Scoped(self, model.__dict__.get(name) or _unbound(model, name))
+                model.__dict__[name] = _Scoped(self, model.__dict__.get(name) or _unbound(model, name), name)
+        self.train(model.training)  # a model attached in eval mode stays in eval mode
 
     def uninstall(self, model: nn.Module) -> None:
         for name in {*self.overrides, *self.entry_points}:

@@ -122,8 +122,41 @@ class GRU4RecAdapter(SequentialAdapter):
 
 
 class GenericSequentialAdapter(SequentialAdapter):
-    """Any unregistered model with RecBole's sequential contract; ID stream = the item embeddings."""
+    """Any unregistered model with RecBole's sequential contract; ID stream = the item embeddings.
+
+    Before any change, ``check_model`` runs the model's ``forward`` on a tiny probe batch (eval mode,
+    no autograd, the random state restored) and refuses a model whose output is not ``(B, H)``: a
+    model returning per-position outputs or a list would otherwise mix users' vectors silently.
+    """
 
     @classmethod
     def id_stream_dim(cls, model: nn.Module) -> int:
         return int(model.item_embedding.embedding_dim)
+
+    @classmethod
+    def check_model(cls, model: nn.Module, *, dataset=None, options=None) -> None:
+        super().check_model(model, dataset=dataset, options=options)
+        L = int(getattr(model, "max_seq_length", 0) or 0)
+        n_items = int(model.item_embedding.num_embeddings)
+        if L < 1 or n_items < 2:
+            raise TypeError(f"{type(model).__name__} needs max_seq_length >= 1 and at least one item for the generic adapter")
+        B = 3 if L != 3 else 2  # a batch size unlike L, so (L, H) or (B, L, H) outputs cannot pass for (B, H)
+        device = model.item_embedding.weight.device
+        lengths = torch.tensor([L, 1, max(1, L // 2)][:B], device=device)
+        item_seq = (torch.arange(L, device=device) % (n_items - 1) + 1).expand(B, L) * (torch.arange(L, device=device) < lengths[:, None])
+        was_training = model.training
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                model.eval()
+                output = model.forward(item_seq, lengths)
+        except Exception as exc:  # noqa: BLE001  (any failure of an unknown model: refuse, with its reason)
+            raise TypeError(f"{type(model).__name__}.forward failed on a probe batch ({type(exc).__name__}: {exc}); "
+                            "the generic adapter needs forward(item_seq, item_seq_len) -> (B, H)") from exc
+        finally:
+            model.train(was_training)
+        H = cls.id_stream_dim(model)
+        if not isinstance(output, torch.Tensor) or tuple(output.shape) != (B, H):
+            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise TypeError(f"{type(model).__name__}.forward returned {got} for a probe batch of {B} histories, "
+                            f"not ({B}, {H}) = (B, item_embedding dim); the generic adapter adds the fused history to "
+                            "one vector per user. Register a dedicated adapter with fusionlayer.register_adapter")

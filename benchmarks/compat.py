@@ -102,8 +102,10 @@ def read_results(path: Path) -> list[dict]:
             continue
         try:
             row = json.loads(line)
-            if not isinstance(row, dict) or not {"dataset", "model", "variant", "seed"} <= set(row):
-                raise ValueError("missing keys dataset/model/variant/seed")
+            if not isinstance(row, dict) or not {"dataset", "model", "variant", "seed", "test"} <= set(row):
+                raise ValueError("missing keys dataset/model/variant/seed/test")
+            if isinstance(row["seed"], bool) or not isinstance(row["seed"], int):
+                raise ValueError(f"seed must be an integer, got {row['seed']!r}")
         except ValueError as exc:
             warnings.warn(f"{path}:{number}: skipping malformed result line ({exc}): {line[:80]!r}", stacklevel=2)
             continue
@@ -116,11 +118,18 @@ def run_key(row: dict) -> tuple:
 
 
 def append_result(path: Path, row: dict) -> None:
-    """Append one line with a single write on an O_APPEND descriptor, then fsync."""
+    """Append one line with a single write on an O_APPEND descriptor, then fsync.
+
+    A file whose last line was cut short (a run killed mid-write) gets a newline first, so the new
+    run is its own line and the fragment stays a separate, skipped line.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(row, separators=(",", ":")) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -229,6 +238,7 @@ def load_tables(dataset_name: str, train_dataset, args, hparams) -> dict:
 def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> dict:
     import fusionlayer
     from fusionlayer.data.recbole_data import prepare_data, recbole_config
+    from fusionlayer.recbole_compat import load_checkpoint
 
     cls = model_class(model_name)
     from recbole.trainer import Trainer
@@ -268,7 +278,7 @@ def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> di
         start = time.perf_counter()
         trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False)
         train_seconds = time.perf_counter() - start
-        checkpoint = torch.load(trainer.saved_model_file, map_location=args.device, weights_only=False)
+        checkpoint = load_checkpoint(trainer.saved_model_file, map_location=args.device)
         start = time.perf_counter()
         recbole_test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
         counts = np.bincount(train_data.dataset.inter_feat[train_data.dataset.iid_field].numpy(),

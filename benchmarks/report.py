@@ -1,6 +1,6 @@
 """Turn the compatibility results (.jsonl) into tables, significance tests, a popularity breakdown and a PNG.
 
-    python benchmarks/report.py [--results benchmarks/results/compat-ml-100k.jsonl]
+    python -m benchmarks.report [--results benchmarks/results/compat-ml-100k.jsonl]
 
 Writes ``<results>.md`` and ``<results>.png`` next to the results file and prints the markdown.
 
@@ -28,21 +28,25 @@ import argparse
 import io
 import json
 import os
-import statistics
+import math
 import sys
+import statistics
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.compat import read_results
+from benchmarks.models import BACKBONES, STANDALONE, variants
+from benchmarks.provenance import atomic_write_bytes
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from benchmarks.compat import BACKBONES, STANDALONE, read_results  # noqa: E402
-from fusionlayer.encoders.cache import atomic_write_bytes  # noqa: E402
 
 METRICS = ["mrr@10", "ndcg@10", "hit@10"]
 POPULARITY_BINS = [(0, 10, "<= 10"), (11, 50, "11-50"), (51, 10**9, "> 50")]
 PAPER_FILE = HERE / "paper_numbers.json"
+REFERENCE_FILE = HERE / "reference_plain.json"
 TARGET_GAIN = 0.10  # +10 % relative NDCG@10, issue 5
 TARGET_P = 0.05
 FULL_SEEDS = 3
@@ -58,9 +62,16 @@ def mean_std(values: list[float]) -> str:
 
 
 def group(rows: list[dict], dataset: str, quick: bool = False) -> dict[tuple[str, str], list[dict]]:
-    groups = defaultdict(list)
+    """Runs by (model, variant), one per seed: a duplicated run is dropped with a warning (the first
+    recorded one counts), so tables, means and significance tests all rest on the same runs."""
+    groups, seen = defaultdict(list), set()
     for row in rows:
         if row["dataset"] == dataset and bool(row.get("quick")) == quick:
+            key = (row["model"], row["variant"], int(row["seed"]))
+            if key in seen:
+                warnings.warn(f"duplicate run {key} in the results; the first recorded one counts", stacklevel=2)
+                continue
+            seen.add(key)
             groups[(row["model"], row["variant"])].append(row)
     return groups
 
@@ -68,7 +79,7 @@ def group(rows: list[dict], dataset: str, quick: bool = False) -> dict[tuple[str
 def metric_table(groups, protocol: str) -> list[str]:
     lines = ["| model | variant | seeds | MRR@10 | NDCG@10 | Hit@10 | NDCG@10 vs plain |", "|---|---|---|---|---|---|---|"]
     for model in BACKBONES + STANDALONE:
-        for variant in (["standalone"] if model in STANDALONE else ["plain", "fusion"]):
+        for variant in variants(model):
             runs = groups.get((model, variant), [])
             if not runs:
                 lines.append(f"| {model} | {variant} | none | not run yet | | | |")
@@ -143,8 +154,12 @@ def verdicts(groups) -> list[str]:
             continue
         plain = [r for r in groups[(model, "plain")] if r["seed"] in t["seeds"]]
         fusion = [r for r in groups[(model, "fusion")] if r["seed"] in t["seeds"]]
-        gain = (_mean_ndcg(fusion) - _mean_ndcg(plain)) / _mean_ndcg(plain)
+        gain = (_mean_ndcg(fusion) - _mean_ndcg(plain)) / _mean_ndcg(plain) if _mean_ndcg(plain) else math.nan
         partial = "" if len(t["seeds"]) >= FULL_SEEDS else f" (only {len(t['seeds'])} of {FULL_SEEDS} seeds: provisional)"
+        if not (math.isfinite(gain) and math.isfinite(t["p"])):
+            lines.append(f"- **{model}**: no verdict: a metric or the test is not a number (NaN/zero in the runs of "
+                         f"seeds {t['seeds']}); check those runs.")
+            continue
         if gain <= 0:
             outcome = "fusion did **not** improve it"
         elif gain >= TARGET_GAIN and t["p"] < TARGET_P:
@@ -168,11 +183,45 @@ def verdicts(groups) -> list[str]:
     return lines
 
 
+def training_table(groups) -> list[str]:
+    """Per run: epochs run, the best epoch, why training stopped, wall time."""
+    lines = ["| model | variant | seed | epochs run | best epoch | stopped | train s |", "|---|---|---|---|---|---|---|"]
+    for model in BACKBONES + STANDALONE:
+        for variant in variants(model):
+            for r in sorted(groups.get((model, variant), []), key=lambda r: r["seed"]):
+                if "stopped_early" in r:
+                    stop = "early (patience)" if r["stopped_early"] else f"**on the cap** ({r.get('epoch_cap')})"
+                else:
+                    stop = "not recorded"
+                lines.append(f"| {model} | {variant} | {r['seed']} | {r.get('epochs_run', '-')} | {r.get('best_epoch', '-')} | "
+                             f"{stop} | {r.get('train_seconds', '-')} |")
+    return lines
+
+
+def reference_check(groups) -> list[str]:
+    """Converged plain baselines (mean of seeds) against the reference runs (issue 14's 0.97x bar)."""
+    if not REFERENCE_FILE.is_file():
+        return []
+    ref = json.loads(REFERENCE_FILE.read_text())
+    lines = [f"Reference: {ref['source']}", "", "| backbone | seeds | plain test NDCG@10 (mean) | reference | ratio | "
+             f">= {ref['ratio']}x |", "|---|---|---|---|---|---|"]
+    for model, value in ref["test_ndcg@10"].items():
+        runs = groups.get((model, "plain"), [])
+        if not runs:
+            lines.append(f"| {model} | - | not run yet | {value:.4f} | - | - |")
+            continue
+        mean = _mean_ndcg(runs)
+        seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+        lines.append(f"| {model} | {seeds} | {mean:.4f} | {value:.4f} | {mean / value:.3f} | "
+                     f"{'yes' if mean >= ref['ratio'] * value else '**no**'} |")
+    return lines
+
+
 def popularity(groups) -> list[str]:
     header = "| model | variant | " + " | ".join(f"target pop {label} (users)" for *_, label in POPULARITY_BINS) + " |"
     lines = [header, "|---|---|" + "---|" * len(POPULARITY_BINS)]
     for model in BACKBONES + STANDALONE:
-        for variant in (["standalone"] if model in STANDALONE else ["plain", "fusion"]):
+        for variant in variants(model):
             runs = groups.get((model, variant), [])
             if not runs:
                 continue
@@ -192,7 +241,7 @@ def paper_table() -> list[str]:
                 "`{\"model\": {\"mrr@10\": .., \"ndcg@10\": .., \"hit@10\": ..}, \"source\": \"...\"}` and they appear here, "
                 "labelled as the paper's."]
     paper = json.loads(PAPER_FILE.read_text())
-    lines = [f"Source: {paper.get('source', 'the paper')} (the paper's numbers, not ours; its protocol looks sampled).", "",
+    lines = [f"Source: {paper.get('source', 'the paper')} (the paper's numbers, not ours, and not comparable with ours).", "",
              "| model | MRR@10 (paper) | NDCG@10 (paper) | Hit@10 (paper) |", "|---|---|---|---|"]
     for model, values in paper.items():
         if isinstance(values, dict):
@@ -247,7 +296,9 @@ def report(results: Path, dataset: str, quick: bool = False) -> str:
              "## Test metrics, 100 uniformly sampled negatives (secondary; same users and models)", "",
              *metric_table(groups, "uni100"), "",
              "## Paired significance (per-user test NDCG@10, full ranking)", "", *significance(groups), "",
-             "## Targets (issue 5)", "", *verdicts(groups), "",
+             "## Targets", "", *verdicts(groups), "",
+             "## Converged plain baselines against the reference runs", "", *reference_check(groups), "",
+             "## Training per run (early stopping on validation MRR@10, patience 10)", "", *training_table(groups), "",
              "## NDCG@10 by popularity of the test item (training interactions)", "", *popularity(groups), "",
              "## The paper's reported numbers", "", *paper_table(), ""]
     text = "\n".join(lines)
@@ -263,14 +314,14 @@ def readme_section(results: Path, dataset: str) -> str:
     runs = sum(len(v) for v in groups.values())
     expected = FULL_SEEDS * (2 * len(BACKBONES) + len(STANDALONE))
     rel = os.path.relpath(results, HERE.parent)
-    lines = [f"Produced by `python benchmarks/compat.py --seeds 0,1,2` then `python benchmarks/report.py --readme README.md`"
+    lines = [f"Produced by `python -m benchmarks.compat --seeds 0,1,2` then `python -m benchmarks.report --readme README.md`"
              f" ({runs} of {expected} runs recorded).", *provenance(rows, False), "",
              f"Full report (the table against 100 sampled negatives, NDCG by target popularity, the paper's numbers): "
              f"`{rel[:-len('.jsonl')]}.md`; raw lines: `{rel}`; chart: `{rel[:-len('.jsonl')]}.png`.", "",
              "Test metrics, full ranking over all items (mean ± std over seeds):", "", *metric_table(groups, "full"), "",
              "Paired significance on per-user test NDCG@10 (one-sided Wilcoxon signed-rank, H1: fusion > plain):", "",
              *significance(groups), "", "Targets (+10 % NDCG@10 with p < 0.05 per backbone; M2SR >= best plain):", "",
-             *verdicts(groups)]
+             *verdicts(groups), "", "Converged plain baselines against the reference runs:", "", *reference_check(groups)]
     return "\n".join(lines)
 
 

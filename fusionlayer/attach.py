@@ -69,11 +69,12 @@ def get_adapter(model: nn.Module) -> type:
     for cls in type(model).__mro__:
         if cls in registry:
             return registry[cls]
+    reason = ""
     if isinstance(model, SequentialRecommender) and isinstance(getattr(model, "item_embedding", None), nn.Embedding):
         try:
             GenericSequentialAdapter.check_model(model)
-        except TypeError:
-            pass
+        except TypeError as exc:
+            reason = f" The generic sequential adapter does not fit: {exc}."
         else:
             warnings.warn(
                 f"{type(model).__name__} has no registered adapter; using the generic sequential adapter "
@@ -83,7 +84,7 @@ def get_adapter(model: nn.Module) -> type:
             return GenericSequentialAdapter
     raise TypeError(
         f"no adapter for {type(model).__name__}; registered adapters: {list_adapters()}. A sequential model "
-        "with item_embedding and forward(item_seq, item_seq_len) gets the generic adapter."
+        f"with item_embedding and forward(item_seq, item_seq_len) -> (B, H) gets the generic adapter.{reason}"
     )
 
 

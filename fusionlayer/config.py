@@ -8,6 +8,15 @@ from typing import Any, Mapping
 __all__ = ["AdapterOptions", "FusionConfig"]
 
 
+def _reserved_names() -> frozenset[str]:
+    from torch import nn
+
+    return frozenset(name for name in dir(nn.ModuleDict()) if not name.startswith("__"))
+
+
+_RESERVED_NAMES = _reserved_names()
+
+
 @dataclass
 class FusionConfig:
     """Configuration of a :class:`~fusionlayer.FeatureFusionLayer` (M2SR Eq. 1 and Eq. 2).
@@ -37,6 +46,9 @@ class FusionConfig:
                 raise TypeError(f"modality names must be strings, got {type(name).__name__} {name!r}")
             if not name or "." in name:
                 raise ValueError(f"modality names must be non-empty and contain no '.', got {name!r}")
+            if name in _RESERVED_NAMES:
+                raise ValueError(f"modality name {name!r} is an attribute of torch's nn.Module / nn.ModuleDict and "
+                                 f"cannot name a stream; rename it (e.g. {name + '_features'!r})")
             if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
                 raise ValueError(f"modality_dims[{name!r}] must be a positive int, got {dim!r}")
         for name in ("hidden_size", "max_seq_length", "num_layers", "token_hidden_size", "channel_hidden_size"):
@@ -45,8 +57,15 @@ class FusionConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(self.num_fusion_layers, int) or self.num_fusion_layers < 0:
             raise ValueError(f"num_fusion_layers must be an int >= 0, got {self.num_fusion_layers!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
+        for name in ("dropout", "layer_norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be > 0 (a zero-variance padded row would divide by zero), "
+                             f"got {self.layer_norm_eps!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

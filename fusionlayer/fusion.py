@@ -60,8 +60,8 @@ class FeatureFusionLayer(nn.Module):
     def __init__(
         self,
         modality_dims: Mapping[str, int] | None = None,
-        hidden_size: int = 64,
-        max_seq_length: int = 50,
+        hidden_size: int | None = None,
+        max_seq_length: int | None = None,
         *,
         config: FusionConfig | None = None,
         **kwargs,
@@ -69,11 +69,17 @@ class FeatureFusionLayer(nn.Module):
         super().__init__()
         if config is None:
             config = FusionConfig(
-                modality_dims=dict(modality_dims or {}), hidden_size=hidden_size,
-                max_seq_length=max_seq_length, **kwargs,
+                modality_dims=dict(modality_dims or {}), hidden_size=64 if hidden_size is None else hidden_size,
+                max_seq_length=50 if max_seq_length is None else max_seq_length, **kwargs,
             )
-        elif modality_dims is not None or kwargs:
-            raise TypeError("pass either config=FusionConfig(...) or keyword arguments, not both")
+        elif not isinstance(config, FusionConfig):
+            raise TypeError(f"config must be a FusionConfig, got {type(config).__name__}")
+        else:
+            given = sorted([*kwargs, *(name for name, value in (("modality_dims", modality_dims), ("hidden_size", hidden_size),
+                                                                 ("max_seq_length", max_seq_length)) if value is not None)])
+            if given:
+                raise TypeError(f"pass either config=FusionConfig(...) or keyword arguments, not both (got {given} "
+                                "beside config); set them on the config: dataclasses.replace(config, ...)")
         self.config = config
         H = config.hidden_size
         self.projections = nn.ModuleDict(
@@ -100,6 +106,8 @@ class FeatureFusionLayer(nn.Module):
         if mask.dim() != 2:
             raise ValueError(f"mask must have shape (B, L), got {tuple(mask.shape)}")
         B, L = mask.shape
+        if L == 0:
+            raise ValueError("mask has L = 0 positions; give at least one position per sequence")
         if L > self.config.max_seq_length:
             raise ValueError(
                 f"sequence length {L} exceeds max_seq_length={self.config.max_seq_length}; truncate the "
@@ -115,14 +123,34 @@ class FeatureFusionLayer(nn.Module):
                 f"(missing: {sorted(expected - given)}, unexpected: {sorted(given - expected)})"
             )
 
-    def _check_width(self, name: str, x: torch.Tensor, what: str) -> None:
+    def _check_width(self, name: str, x: torch.Tensor, what: str, *, width: int | None = None,
+                     positions: tuple[int, int] | None = None) -> None:
+        """One checker for every input: a float tensor of the layer's dtype and device, ``(..., width)``,
+        and ``(B, L, width)`` when ``positions=(B, L)`` is given."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{what}[{name!r}] must be a torch.Tensor, got {type(x).__name__}")
-        if x.shape[-1] != self.config.modality_dims[name]:
-            raise ValueError(
-                f"{what}[{name!r}] has {x.shape[-1]} features in its last dimension, but the layer was "
-                f"built with modality_dims[{name!r}]={self.config.modality_dims[name]}"
-            )
+        expected = self.config.modality_dims[name] if width is None else width
+        if x.dim() == 0 or x.shape[-1] != expected:
+            built = f"modality_dims[{name!r}]={expected}" if width is None else f"hidden_size={expected}"
+            raise ValueError(f"{what}[{name!r}] has {x.shape[-1] if x.dim() else 0} features in its last dimension "
+                             f"(shape {tuple(x.shape)}), but the layer was built with {built}")
+        if positions is not None and (x.dim() != 3 or x.shape[:2] != positions):
+            raise ValueError(f"{what}[{name!r}] must have shape (B={positions[0]}, L={positions[1]}, D), "
+                             f"got {tuple(x.shape)} (D = {expected})")
+        reference = self.fuse.weight
+        if x.dtype != reference.dtype:
+            raise TypeError(f"{what}[{name!r}] has dtype {x.dtype} but the layer's weights are {reference.dtype}; "
+                            f"convert with .to({reference.dtype}) (or the layer with .to(dtype))")
+        if x.device != reference.device:
+            raise ValueError(f"{what}[{name!r}] is on {x.device} but the layer is on {reference.device}; "
+                             f"move one of them with .to(device)")
+
+    @staticmethod
+    def _check_ids(id_range: tuple[int, int], n_rows: int, what: str) -> None:
+        low, high = id_range
+        if low < 0 or high >= n_rows:
+            raise ValueError(f"item_seq holds ids from {low} to {high}, but {what} has {n_rows} rows "
+                             f"(valid ids 0..{n_rows - 1}, 0 = padding); ids must index the table's rows")
 
     # ------------------------------------------------------------------ forward paths
     def forward(self, features: Mapping[str, torch.Tensor], mask: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
@@ -139,9 +167,7 @@ class FeatureFusionLayer(nn.Module):
         B, L = self._check_mask(mask)
         self._check_keys(set(features))
         for name, x in features.items():
-            self._check_width(name, x, "features")
-            if x.dim() != 3 or x.shape[:2] != (B, L):
-                raise ValueError(f"features[{name!r}] must have shape (B={B}, L={L}, D), got {tuple(x.shape)}")
+            self._check_width(name, x, "features", positions=(B, L))
         order, aligned_mask = self._align(mask)
         index = _positions_first_index(order, B, L, mask.device)
         streams = {name: _take_rows(self.projections[name](_zero_padding(x, mask)).reshape(B * L, -1), index, L, B)
@@ -194,17 +220,20 @@ class FeatureFusionLayer(nn.Module):
                     raise ValueError(f"modality {name!r} was given both in {seen[name]} and in {kind}; give each once")
                 seen[name] = kind
         self._check_keys(set(seen))
-        for name, table in tables.items():
-            self._check_width(name, table, "tables")
         H = self.config.hidden_size
         for name, table in projected_tables.items():
             if not isinstance(table, torch.Tensor) or table.dim() != 2 or table.shape[1] != H:
                 raise ValueError(f"projected_tables[{name!r}] must be an (N, hidden_size={H}) tensor from "
                                  f"project_tables(), got {tuple(getattr(table, 'shape', ()))}")
+        id_range = (int(item_seq.min()), int(item_seq.max()))
+        for kind, named in (("tables", tables), ("projected_tables", projected_tables)):
+            for name, table in named.items():
+                self._check_width(name, table, kind, width=self.config.hidden_size if kind == "projected_tables" else None)
+                if table.dim() != 2:
+                    raise ValueError(f"{kind}[{name!r}] must be an (N, D) table, got shape {tuple(table.shape)}")
+                self._check_ids(id_range, table.shape[0], f"{kind}[{name!r}]")
         for name, x in sequences.items():
-            self._check_width(name, x, "sequences")
-            if x.dim() != 3 or x.shape[:2] != (B, L):
-                raise ValueError(f"sequences[{name!r}] must have shape (B={B}, L={L}, D), got {tuple(x.shape)}")
+            self._check_width(name, x, "sequences", positions=(B, L))
         order, aligned_mask = self._align(mask)
         aligned_seq = item_seq if order is None else item_seq.gather(1, order)
         ids = aligned_seq.t().reshape(-1)  # positions first: row l * B + b holds position l of history b

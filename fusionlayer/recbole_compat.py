@@ -9,10 +9,13 @@ before it touches RecBole, and users who build RecBole objects themselves can ca
    in every ``Config(...)``. ray 2.6.3 (imported by ``recbole.quick_start``) reads ``np.bool8`` in
    ``ray/tune/logger/tensorboardx.py``. We add the old aliases back when they are missing.
 2. torch >= 2.6 defaults ``torch.load(weights_only=True)``; RecBole's ``recbole/trainer/trainer.py``
-   (``Trainer.resume_checkpoint`` line 323 and ``Trainer.evaluate(load_best_model=True)`` line 583)
-   loads its own checkpoints, which pickle the whole ``Config``, and fails. We give that one module
-   a ``torch`` namespace whose ``load`` defaults to ``weights_only=False`` (the Trainer loads only
-   the files it wrote itself); torch itself is left alone.
+   (``Trainer.resume_checkpoint`` line 323, ``Trainer.evaluate(model_file=...)`` line 583) loads
+   checkpoints that pickle the whole ``Config`` (with protocol 4, whose FRAME opcode torch's
+   weights-only unpickler rejects), and fails. We give that one module a ``torch`` namespace whose
+   ``load`` is :func:`load_checkpoint`: a restricted unpickler that accepts exactly the types
+   RecBole's checkpoints hold (``Config``, RecBole's enums, model classes as values, tensors,
+   numpy scalars, ``torch.device``) and refuses anything else, so a checkpoint someone hands you
+   cannot run code. torch itself is left alone.
 3. Importing any RecBole sequential model runs ``torch.autograd.set_detect_anomaly(True)`` at import
    time (``recbole/model/sequential_recommender/sine.py`` line 25), which makes every backward pass
    1.5-2x slower. We switch it back off after the import.
@@ -20,8 +23,10 @@ before it touches RecBole, and users who build RecBole objects themselves can ca
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
+import pickle
 import sys
 import types
 
@@ -30,7 +35,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["patch_recbole", "NUMPY_ALIASES"]
+__all__ = ["patch_recbole", "NUMPY_ALIASES", "load_checkpoint", "UnsafeCheckpointError", "CHECKPOINT_GLOBALS"]
 
 # Old numpy names that RecBole 1.2.1 / ray 2.6.3 read, and what they meant.
 NUMPY_ALIASES = {
@@ -47,12 +52,59 @@ def _patch_numpy() -> None:
             setattr(np, name, value)
 
 
+# Exactly the globals a RecBole 1.2.1 checkpoint refers to (seen in SASRec, BPR and attached models'
+# checkpoints), besides RecBole model classes and enums, which are checked by type below.
+CHECKPOINT_GLOBALS = frozenset({
+    "collections.OrderedDict", "numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar", "numpy.dtype",
+    "recbole.config.configurator.Config", "torch.device", "torch.Size", "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_parameter", "yaml.loader.FullLoader",
+})
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint refers to a type outside :data:`CHECKPOINT_GLOBALS`; nothing of it was run."""
+
+
+class _CheckpointUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        qualified = f"{module}.{name}"
+        if qualified in CHECKPOINT_GLOBALS or module.startswith("numpy.dtypes"):
+            return super().find_class(module, name)
+        if module.startswith(("recbole.", "fusionlayer.")):
+            obj = super().find_class(module, name)
+            from recbole.model.abstract_recommender import AbstractRecommender
+
+            if isinstance(obj, type) and (issubclass(obj, AbstractRecommender) or issubclass(obj, enum.Enum)):
+                return obj
+        raise UnsafeCheckpointError(
+            f"refusing to load this checkpoint: it refers to {qualified}, which RecBole checkpoints never hold "
+            "(it could run code while loading). Load only checkpoints you trust; if you wrote this file "
+            "yourself with other objects in it, load it with torch.load(path, weights_only=False) knowingly")
+
+
+_CHECKPOINT_PICKLE = types.ModuleType("fusionlayer_checkpoint_pickle")
+_CHECKPOINT_PICKLE.Unpickler = _CheckpointUnpickler
+_CHECKPOINT_PICKLE.load = pickle.load
+_CHECKPOINT_PICKLE.__name__ = "fusionlayer_checkpoint_pickle"
+
+
+def load_checkpoint(f, map_location=None, **kwargs):
+    """``torch.load`` for RecBole checkpoints: restricted to the types they hold (see the module docstring).
+
+    Raises:
+        UnsafeCheckpointError: the file refers to any other type (nothing of it was run).
+    """
+    kwargs.pop("weights_only", None)
+    kwargs.pop("pickle_module", None)
+    return torch.load(f, map_location=map_location, pickle_module=_CHECKPOINT_PICKLE, weights_only=False, **kwargs)
+
+
 class _TorchForRecBoleTrainer(types.ModuleType):
-    """``torch`` as seen by ``recbole.trainer.trainer``: identical except ``load``'s default."""
+    """``torch`` as seen by ``recbole.trainer.trainer``: identical except ``load`` (:func:`load_checkpoint`)."""
 
     def __init__(self) -> None:
         super().__init__("torch")
-        self.load = functools.partial(torch.load, weights_only=False)
+        self.load = load_checkpoint
 
     def __getattr__(self, name: str):
         return getattr(torch, name)

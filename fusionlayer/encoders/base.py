@@ -8,7 +8,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["Encoder", "file_sha256"]
+__all__ = ["Encoder", "check_batch_size", "file_sha256"]
+
+
+def check_batch_size(value: Any) -> int:
+    """``value`` if it is a positive int, else ValueError (0 or -1 would encode nothing and cache empty rows)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"batch_size must be a positive int, got {value!r}")
+    return value
 
 
 def file_sha256(path: str | Path) -> str:

@@ -57,6 +57,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def _plain_file_name(name: Any) -> str:
+    """A file name from meta.json, refused unless it is a plain ``*.npy`` name inside the entry's folder."""
+    if not isinstance(name, str) or Path(name).name != name or name in (".", "..") or not name.endswith(".npy") \
+            or "\\" in name:
+        raise ValueError(f"meta.json names the file {name!r}; only plain *.npy names inside the cache folder are read")
+    return name
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before any encoding when the cache folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise PermissionError(
+            f"the feature cache folder {folder} is not writable ({exc.strerror or exc}); pass a writable "
+            "cache_dir (fusionlayer encode --cache-dir DIR, or FUSIONLAYER_CACHE=DIR)") from None
+
+
 def _npy_bytes(array: np.ndarray) -> bytes:
     import io
 
@@ -145,22 +165,34 @@ class FeatureStore:
             return None
         try:
             meta = json.loads(meta_path.read_text())
-            if (meta.get("format") != FORMAT_VERSION or meta["encoder"] != encoder.name
+            if not isinstance(meta, dict):
+                raise ValueError(f"meta.json holds a {type(meta).__name__}, not an object")
+            missing = sorted({"format", "encoder", "fingerprint", "tokens", "input_keys", "files", "sha256", "dim"} - set(meta))
+            if missing:
+                raise ValueError(f"meta.json lacks {missing}")
+            if (meta["format"] != FORMAT_VERSION or meta["encoder"] != encoder.name
                     or meta["fingerprint"] != encoder.fingerprint):
                 logger.info("cache %s was made by another encoder or weights; re-encoding", folder)
                 return None
-            paths = {kind: folder / name for kind, name in meta["files"].items()}
+            if not isinstance(meta["files"], dict) or set(meta["files"]) != {"features", "present"}:
+                raise ValueError("meta.json 'files' must name exactly 'features' and 'present'")
+            paths = {kind: folder / _plain_file_name(name) for kind, name in meta["files"].items()}
             for kind, path in paths.items():
                 if file_sha256(path) != meta["sha256"][kind]:
                     raise ValueError(f"{path.name} does not match its checksum in meta.json")
             features = np.load(paths["features"], mmap_mode="r", allow_pickle=False)
             present = np.load(paths["present"], allow_pickle=False)
-            if features.shape != (len(meta["tokens"]), meta["dim"]) or present.shape != (len(meta["tokens"]),):
+            tokens, keys = meta["tokens"], meta["input_keys"]
+            if not isinstance(tokens, list) or not isinstance(keys, list) or len(keys) != len(tokens):
+                raise ValueError("meta.json 'tokens' and 'input_keys' must be lists of the same length")
+            if features.ndim != 2 or features.shape != (len(tokens), meta["dim"]) or present.shape != (len(tokens),):
                 raise ValueError(f"shape {features.shape} does not match meta.json")
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            if features.dtype != np.float32 or not np.isfinite(features).all():
+                raise ValueError("the feature rows are not all finite float32 values")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
             logger.warning("cache %s is corrupt (%s); re-encoding", folder, exc)
             return None
-        return CachedFeatures(list(meta["tokens"]), features, present, meta)
+        return CachedFeatures(list(tokens), features, present, meta)
 
     def get(self, dataset: str, modality: str, encoder: Encoder, tokens: Sequence[str],
             inputs: Sequence[Any]) -> CachedFeatures:
@@ -179,6 +211,7 @@ class FeatureStore:
             raise ValueError("tokens must be unique; deduplicate the item list first")
         start = time.perf_counter()
         folder = self.entry_dir(dataset, modality, encoder)
+        _check_writable(folder)
         tokens = [str(t) for t in tokens]
         keys = [encoder.input_key(x) for x in inputs]
         cached = self._load_entry(folder, encoder)
@@ -195,7 +228,13 @@ class FeatureStore:
             todo = list(range(len(tokens)))
         todo_set = set(todo)
         encoded, encoded_present = encoder.encode([inputs[i] for i in todo])
+        if encoded.shape[0] != len(todo):
+            raise RuntimeError(f"{encoder.name} returned {encoded.shape[0]} rows for {len(todo)} inputs; nothing was cached")
         failures = [(tokens[todo[j]], reason) for j, reason in encoder.failures]
+        bad = ~np.isfinite(encoded).all(axis=1)
+        if bad.any():  # never cache a NaN/Inf row: zero it, mark it missing, count it
+            encoded[bad], encoded_present[bad] = 0.0, False
+            failures += [(tokens[todo[j]], "encoder output has NaN/Inf values") for j in np.flatnonzero(bad)]
         for token, reason in failures:
             logger.info("%s %s item %s: %s (zero row, present=False)", dataset, modality, token, reason)
         dim = encoded.shape[1] if todo else cached.dim

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from fusionlayer.encoders.base import Encoder, file_sha256
+from fusionlayer.encoders.base import Encoder, check_batch_size, file_sha256
 
 __all__ = ["ImageEncoder", "TimmImageEncoder", "OpenClipImageEncoder", "lukemelas_to_timm"]
 
@@ -34,7 +34,7 @@ class ImageEncoder(Encoder):
 
     def __init__(self, *, batch_size: int = 32, device: str = "cpu", progress: bool = True) -> None:
         super().__init__()
-        self.batch_size, self.device, self.progress = batch_size, device, progress
+        self.batch_size, self.device, self.progress = check_batch_size(batch_size), device, progress
         self._model: torch.nn.Module | None = None
         self._transform: Callable | None = None
         self._dim: int | None = None
@@ -77,7 +77,7 @@ class ImageEncoder(Encoder):
                 return self._transform(img.convert("RGB"))
         except FileNotFoundError:
             self.failures.append((i, f"file not found: {path}"))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
             self.failures.append((i, f"unreadable image {path}: {exc}"))
         return None
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from fusionlayer.encoders.base import Encoder, file_sha256
+from fusionlayer.encoders.base import Encoder, check_batch_size, file_sha256
 
 __all__ = ["TextEncoder"]
 
@@ -44,7 +44,7 @@ class TextEncoder(Encoder):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         self.model_ref = str(model)
         self.name = name or (Path(self.model_ref).name if Path(self.model_ref).is_dir() else self.model_ref)
-        self.pooling, self.normalize, self.batch_size = pooling, normalize, batch_size
+        self.pooling, self.normalize, self.batch_size = pooling, normalize, check_batch_size(batch_size)
         self.max_length, self.device, self.local_files_only, self.progress = max_length, device, local_files_only, progress
         self._model = self._tokenizer = None
 
