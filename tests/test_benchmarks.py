@@ -91,7 +91,7 @@ def test_end_to_end_rows(monkeypatch):
 
 def test_results_file_malformed_lines_are_skipped_with_a_warning(tmp_path):
     path = tmp_path / "r.jsonl"
-    good = {"dataset": "ml-100k", "model": "BPR", "variant": "plain", "seed": 0}
+    good = {"dataset": "ml-100k", "model": "BPR", "variant": "plain", "seed": 0, "test": {}}
     path.write_text(json.dumps(good) + "\n{not json\n" + json.dumps({"model": "x"}) + "\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
