@@ -302,7 +302,7 @@ def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> di
         "n_users": int(dataset.user_num - 1), "n_items": int(dataset.item_num - 1), "n_inter": int(len(dataset.inter_feat)),
         "commit": git_commit(), "torch": torch.__version__, "device": device_name(args.device),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": command_line("benchmarks.compat"),
+        "command": command_line("benchmarks.compat", getattr(args, "argv", None)),
         "hparams": {**hparams["common"], **hparams["models"][model_name],
                     **({"fusion": recipe} if variant == "fusion" else {})},
         "per_user": {"user": test_ranks["user"].tolist(),
@@ -331,6 +331,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="override one attach() option of compat_config.json's 'fusion' block (repeatable); "
                              "runs only the backbones' +fusion variants and needs its own --out")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.fusion_options = parse_fusion_options(args.fusion_option)
     except ValueError as exc:

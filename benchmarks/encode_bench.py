@@ -1,6 +1,6 @@
 """Time the feature pipeline: all ML-100K texts (MiniLM) and posters (EfficientNet-Lite0), cold and cached.
 
-    python benchmarks/encode_bench.py [--data-dir DIR] [--out benchmarks/results/encode-ml-100k.json]
+    python -m benchmarks.encode_bench [--data-dir DIR] [--out benchmarks/results/encode-ml-100k.json]
 
 Cold runs use a fresh temporary cache; the second request of each is a cache hit.
 Targets on 2 CPU cores: texts < 15 s, posters < 5 min, each cache hit < 1 s.
@@ -9,10 +9,8 @@ Targets on 2 CPU cores: texts < 15 s, posters < 5 min, each cache hit < 1 s.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -21,9 +19,8 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from benchmarks.compat import git_commit  # noqa: E402
-from fusionlayer.encoders import encode_items  # noqa: E402
+from benchmarks.provenance import atomic_write_json, provenance
+from fusionlayer.encoders import encode_items
 
 TARGETS_S = {"text": 15.0, "image": 300.0, "hit": 1.0}
 
@@ -46,12 +43,7 @@ def main(argv=None) -> int:
                              "dim": result.dim, "encoded": result.stats["encoded"], "missing": result.stats["missing"],
                              "seconds": round(seconds, 2), "target_s": target, "met": seconds < target})
                 print(json.dumps(rows[-1]), flush=True)
-    out = {"command": "python benchmarks/encode_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "commit": git_commit(), "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
-           "torch": torch.__version__, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-           "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    atomic_write_json(args.out, {**provenance("benchmarks.encode_bench", argv), "rows": rows})
     return 0
 
 

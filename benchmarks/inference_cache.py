@@ -1,6 +1,6 @@
 """Batch-1 ``full_sort_predict`` of attached models with and without the adapters' inference cache.
 
-    python benchmarks/inference_cache.py [--models SASRec,GRU4Rec,FPMC,BPR] [--calls 200] [--threads 2]
+    python -m benchmarks.inference_cache [--models SASRec,GRU4Rec,FPMC,BPR] [--calls 200] [--threads 2]
 
 Synthetic ML-100K-sized model and features (benchmarks/synthetic.py), L = 50, eval mode, no_grad.
 Calls alternate between clearing the cache first (uncached: every call projects the item tables) and
@@ -11,7 +11,6 @@ not (cached), so both see the same machine load; the medians go to
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import time
@@ -20,10 +19,8 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from benchmarks.compat import device_name, git_commit  # noqa: E402
-from benchmarks.synthetic import build_model, synthetic_batch  # noqa: E402
-from fusionlayer.encoders.cache import atomic_write_bytes  # noqa: E402
+from benchmarks.provenance import atomic_write_json, provenance
+from benchmarks.synthetic import build_model, synthetic_batch
 
 MODELS = ["SASRec", "GRU4Rec", "FPMC", "BPR"]
 
@@ -68,10 +65,7 @@ def main(argv=None) -> int:
     for name in models:
         rows.append(measure(name, args.calls))
         print(json.dumps(rows[-1]), flush=True)
-    out = {"command": "python benchmarks/inference_cache.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "commit": git_commit(), "device": device_name("cpu"), "torch": torch.__version__,
-           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "rows": rows}
-    atomic_write_bytes(args.out, json.dumps(out, indent=1).encode())
+    atomic_write_json(args.out, {**provenance("benchmarks.inference_cache", argv), "rows": rows})
     return 0
 
 

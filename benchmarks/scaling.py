@@ -11,20 +11,17 @@ Each point runs in a fresh subprocess, so its peak RSS is that point's own (CPU 
 ``torch.cuda.max_memory_allocated``. A contender whose point exceeds the time or memory budget is
 marked and not run at larger L. Log-log slopes are fitted over the upper half of the sweep.
 
-    python benchmarks/scaling.py                                   # 64..8192, CPU
-    python benchmarks/scaling.py --quick                           # three short lengths, seconds
-    python benchmarks/scaling.py --device cuda --out benchmarks/results/scaling-cuda.json
+    python -m benchmarks.scaling                                   # 64..8192, CPU
+    python -m benchmarks.scaling --quick                           # three short lengths, seconds
+    python -m benchmarks.scaling --device cuda --out benchmarks/results/scaling-cuda.json
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import math
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -38,9 +35,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from benchmarks.compat import git_commit  # noqa: E402  (one definition: commit at process start, -dirty flag)
-from fusionlayer import FeatureFusionLayer  # noqa: E402
+from benchmarks.provenance import atomic_write_json, device_name, provenance
+from fusionlayer import FeatureFusionLayer
 
 CONTENDERS = ["fusion", "attention", "sasrec"]
 MODALITY_DIMS = {"id": 64, "text": 384, "image": 1280}
@@ -215,12 +211,12 @@ def measure_point(contender: str, L: int, B: int, device: str, repeats: int, bud
 
 
 def run_point_subprocess(contender: str, L: int, args) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_point", contender, str(L), "--batch", str(args.batch),
+    cmd = [sys.executable, "-m", "benchmarks.scaling", "--_point", contender, str(L), "--batch", str(args.batch),
            "--device", args.device, "--repeats", str(args.repeats), "--budget-s", str(args.budget_s)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60.0, args.budget_s * 6))
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60.0, args.budget_s * 6), cwd=HERE.parent)
     except subprocess.TimeoutExpired:
         return {"contender": contender, "L": L, "status": "over budget (timeout)"}
     if out.returncode != 0:
@@ -333,9 +329,7 @@ def _e2e_row(name: str, variant: str, L: int, args) -> dict:
 # ----------------------------------------------------------------------------------- output
 def write_outputs(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    atomic_write_json(out, result)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         keys = ["contender", "L", "B", "fwd_ms", "fwd_bwd_ms", "peak_mem_bytes", "flops", "flops_fwd_bwd", "params", "status"]
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
@@ -415,12 +409,10 @@ def main(argv=None) -> int:
         contender, L = args._point
         print(json.dumps(measure_point(contender, int(L), args.batch, args.device, args.repeats, args.budget_s)))
         return 0
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    device = device_name(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}", flush=True)
     gemm = gemm_gflops(args.device)
-    result = {"command": " ".join(["python", "benchmarks/scaling.py", *(argv if argv is not None else sys.argv[1:])]),
-              "commit": git_commit(), "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    result = {**provenance("benchmarks.scaling", argv, args.device), "threads": torch.get_num_threads(),
               "batch": args.batch, "hidden": 64, "modality_dims": MODALITY_DIMS, "gemm_gflops": gemm}
     result.update(sweep(args))
     achieved = {p["L"]: round(p["flops_fwd_bwd"] / (p["fwd_bwd_ms"] / 1000) / 1e9, 1)

@@ -2,8 +2,8 @@
 
     fusionlayer encode --dataset ml-100k --modality text [--encoder minilm] [--data-dir DIR] [--cache-dir DIR]
     fusionlayer demo [--epochs 2]
-    fusionlayer bench compat [--quick] ...      (runs benchmarks/compat.py from the source checkout)
-    fusionlayer bench scaling [--quick] ...     (runs benchmarks/scaling.py)
+    fusionlayer bench compat [--quick] ...      (python -m benchmarks.compat, from the source checkout's root)
+    fusionlayer bench scaling [--quick] ...     (python -m benchmarks.scaling)
 
 Environment (read here only, never by the library): ``FUSIONLAYER_DATA`` (datasets root, default
 ``../shared/datasets``), ``FUSIONLAYER_CACHE`` (feature cache, default ``~/.cache/fusionlayer``).
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import runpy
+import importlib
 import sys
 import time
 import warnings
@@ -84,14 +84,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace, rest: list[str]) -> int:
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.which}.py"
-    if not script.is_file():
-        print(f"benchmarks/{args.which}.py ships with the source checkout, not the wheel; "
-              "clone the repository and run it there", file=sys.stderr)
+    try:
+        module = importlib.import_module(f"benchmarks.{args.which}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("benchmarks", f"benchmarks.{args.which}"):
+            raise
+        print(f"the benchmarks ship with the source checkout, not the wheel: clone the repository and run "
+              f"`python -m benchmarks.{args.which}` from its root", file=sys.stderr)
         return 2
-    sys.argv = [str(script), *rest]
-    runpy.run_path(str(script), run_name="__main__")
-    return 0
+    return module.main(rest)
 
 
 def build_parser() -> argparse.ArgumentParser:

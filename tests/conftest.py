@@ -60,8 +60,3 @@ def fusion_layer():
     torch.manual_seed(0)
     return fusionlayer.FeatureFusionLayer(modality_dims={"id": 16, "text": 12, "image": 20}, hidden_size=16,
                                           max_seq_length=10, token_hidden_size=8, channel_hidden_size=32, dropout=0.0)
-
-
-import sys  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so tests can import benchmarks/

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from fusionlayer import patch_recbole
@@ -27,16 +28,23 @@ class Payload:  # stands for RecBole's Config, which its checkpoints pickle
     pass
 
 
-def test_trainer_loads_its_own_pickled_checkpoints(tmp_path):
+def test_trainer_loads_checkpoints_but_refuses_foreign_types(tmp_path):
+    import collections
+
+    from fusionlayer.recbole_compat import UnsafeCheckpointError
+
     patch_recbole()
     import recbole.trainer.trainer as trainer_module
 
     path = tmp_path / "ckpt.pth"
-    torch.save({"config": Payload(), "epoch": 3}, path)
-    assert trainer_module.torch.load(path)["epoch"] == 3  # weights_only=False for RecBole's trainer
+    torch.save({"state_dict": collections.OrderedDict(w=torch.ones(2)), "epoch": 3, "device": torch.device("cpu")}, path)
+    assert trainer_module.torch.load(path)["epoch"] == 3  # RecBole's own checkpoint types load
+    torch.save({"config": Payload(), "epoch": 3}, tmp_path / "foreign.pth")
+    with pytest.raises(UnsafeCheckpointError, match="Payload"):  # anything else is refused, never run
+        trainer_module.torch.load(tmp_path / "foreign.pth")
     assert trainer_module.torch.save is torch.save  # everything else is torch itself
     try:
-        torch.load(path)  # torch's own default is untouched
+        torch.load(tmp_path / "foreign.pth")  # torch's own default is untouched
     except Exception as exc:  # noqa: BLE001
         assert "weights_only" in str(exc) or "Weights only" in str(exc)
     else:

@@ -8,6 +8,7 @@ with cross-entropy over all items.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,11 @@ def recbole_config(model: Any, dataset: str = "ml-100k", *, data_root: str | Pat
     values["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": 1} if pairwise else None
     values["loss_type"] = "BPR" if pairwise else "CE"
     values.update(overrides or {})
-    config = Config(model=model, dataset=dataset, config_dict=values)
-    return config
+    argv, sys.argv = sys.argv, sys.argv[:1]  # RecBole's Config parses the process's command line: hide it
+    try:
+        return Config(model=model, dataset=dataset, config_dict=values)
+    finally:
+        sys.argv = argv
 
 
 def prepare_data(config):
