@@ -26,10 +26,13 @@ a lower learning rate for the fusion parameters, the candidate side alone, an ep
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 from fusionlayer.adapters.base import FusionAdapter
+from fusionlayer.recbole_compat import SPLIT_ATTR
 
 __all__ = ["BPRAdapter", "user_histories"]
 
@@ -72,6 +75,17 @@ class BPRAdapter(FusionAdapter):
                 "BPR batches carry no history: pass the training dataset, "
                 "fusionlayer.attach(model, features=..., dataset=train_data.dataset)"
             )
+        role = getattr(dataset, SPLIT_ATTR, None)
+        if role in ("full", "valid", "test"):
+            raise ValueError(
+                f"the dataset passed to attach() is RecBole's {role!r} dataset: it holds validation/test interactions, "
+                "which would leak into the users' fused histories; pass the training split, "
+                "fusionlayer.attach(model, features=..., dataset=train_data.dataset)")
+        if role is None:
+            warnings.warn(
+                "cannot tell whether this dataset holds only training interactions (it was not built by RecBole's "
+                "Dataset.build after fusionlayer.patch_recbole()); make sure it is train_data.dataset, or the "
+                "evaluation items leak into the fused histories", UserWarning, stacklevel=4)
         if dataset.user_num != model.n_users or dataset.item_num != model.n_items:
             raise ValueError(
                 f"dataset has {dataset.user_num} users / {dataset.item_num} items but the model was built for "

@@ -16,6 +16,10 @@ before it touches RecBole, and users who build RecBole objects themselves can ca
    RecBole's checkpoints hold (``Config``, RecBole's enums, model classes as values, tensors,
    numpy scalars, ``torch.device``) and refuses anything else, so a checkpoint someone hands you
    cannot run code. torch itself is left alone.
+4. ``Dataset.build`` (``recbole/data/dataset/dataset.py``) returns the train/valid/test splits as
+   shallow copies with nothing that tells them from the full dataset. We mark each with its role
+   (``_fusionlayer_split``), so ``attach(bpr, ..., dataset=...)`` can refuse a dataset that holds
+   validation or test interactions.
 3. Importing any RecBole sequential model runs ``torch.autograd.set_detect_anomaly(True)`` at import
    time (``recbole/model/sequential_recommender/sine.py`` line 25), which makes every backward pass
    1.5-2x slower. We switch it back off after the import.
@@ -135,11 +139,37 @@ def _import_sequential_models_without_anomaly_detection() -> None:
         torch.autograd.set_detect_anomaly(False)
 
 
+SPLIT_ATTR = "_fusionlayer_split"  # "full", "train", "valid" or "test" on datasets built after patch_recbole()
+
+
+def _tag_split_roles() -> None:
+    """``Dataset.build`` marks the datasets it returns (train, valid, test) and itself (full), so an adapter
+    that reads interactions (BPR's histories) can refuse anything but the training split."""
+    from recbole.data.dataset import Dataset
+
+    original = Dataset.build
+    if getattr(original, "_fusionlayer_tags_splits", False):
+        return
+
+    @functools.wraps(original)
+    def build(self):
+        datasets = original(self)
+        setattr(self, SPLIT_ATTR, "full")
+        roles = ("train", "valid", "test") if len(datasets) == 3 else ("train", "test") if len(datasets) == 2 else ()
+        for role, dataset in zip(roles, datasets):
+            setattr(dataset, SPLIT_ATTR, role)
+        return datasets
+
+    build._fusionlayer_tags_splits = True
+    Dataset.build = build
+
+
 @functools.cache
 def _patch_once() -> None:
     _patch_numpy()
     _patch_trainer_load()
     _import_sequential_models_without_anomaly_detection()
+    _tag_split_roles()
 
 
 def patch_recbole() -> None:

@@ -270,3 +270,20 @@ def test_readme_snippet_runs(setups, tmp_path):
     trainer = Trainer(config, model); trainer.fit(train_data, valid_data, verbose=False)  # noqa: E702
     fusionlayer.detach(model)
     assert isinstance(model.item_embedding, torch.nn.Embedding)
+
+
+def test_bpr_refuses_a_dataset_with_evaluation_interactions(tiny_root, tmp_path):
+    from fusionlayer.data.recbole_data import prepare_data, recbole_config
+    from recbole.model.general_recommender import BPR
+
+    root, name = tiny_root
+    config = recbole_config(BPR, name, data_root=root, overrides={"embedding_size": 8, "checkpoint_dir": str(tmp_path)})
+    full, train, valid, test = prepare_data(config)
+    model = BPR(config, train.dataset)
+    feats = random_features(train.dataset.item_num)
+    for leaky in (full, valid.dataset, test.dataset):
+        with pytest.raises(ValueError, match="holds validation/test interactions"):
+            fusionlayer.attach(model, feats, dataset=leaky)
+        assert not fusionlayer.is_attached(model)
+    fusionlayer.attach(model, feats, dataset=train.dataset)
+    assert fusionlayer.is_attached(model)
