@@ -24,18 +24,6 @@ it was computed from changes storage or in-place version (``load_state_dict``, `
 edits). Edits through ``.data`` bypass all of these: call ``model.fusion_adapter.clear_cache()``
 after them. With autograd on nothing is kept across calls (a cached graph could be back-propagated twice).
 
-What was tried in the compatibility benchmark (``benchmarks/compat.py``, ML-100K, full ranking;
-numbers in ``benchmarks/results/compat-ml-100k.md``): only the adapter defaults, chosen for step cost
-before any result existed (fusion width 32, one Mixer block per stream plus one fusion block,
-token/channel hidden 32/64, dropout 0.2 on the fused vector only, zero-initialised outputs, both
-sides on), trained with the backbone's own hyper-parameters and epoch cap (``compat_config.json``).
-The main grid tunes nothing. A separate ablation (``compat.py --fusion-option``, compared on
-validation NDCG@10; ``benchmarks/results/ablation/report.md``) changed one option at a time on seed 0
-(``output_dropout`` 0.5, ``hidden_size`` 16, ``dropout`` 0.2 inside the Mixers) and ran the
-validation winners on seeds 1-2 as well; its numbers are in each adapter's docstring. Still untried:
-a separate learning rate for the fusion parameters (RecBole's Trainer has one), the candidate side
-alone, longer training.
-
 Candidate embeddings are swapped for :class:`ContentEmbedding` wrappers whose ``weight`` is
 ``base_layer.weight + item_out(content)``: RecBole reads ``item_embedding.weight`` directly in
 ``calculate_loss`` (CE) and ``full_sort_predict``, and all of them see the fused items.

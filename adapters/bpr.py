@@ -14,14 +14,7 @@ Where fusion enters, and why:
 * **Candidate side.** ``item_embedding`` becomes a :class:`ContentEmbedding`, so every score,
   including ``full_sort_predict``'s ``item_embedding.weight``, sees the item's content.
 
-Compatibility benchmark: what was tried is in ``fusionlayer.adapters.base`` (main grid: defaults only).
-Outcome, seeds 0-2 (commits 967c93d, f0c7f8e, 0c4957e): test NDCG@10 0.0522 plain vs 0.0495 with
-fusion (-5.2 %, one-sided Wilcoxon p = 0.72): **no improvement** under full ranking (+6.1 % against 100
-sampled negatives). Ablation (validation-selected, see base): ``dropout=0.2`` inside the Mixers won
-seed 0's validation (NDCG@10 0.0564 vs 0.0488 default; ``hidden_size=16`` 0.0436, ``output_dropout=0.5``
-0.0499); on seeds 0-2 it gave validation 0.0558 vs 0.0539 default and test 0.0509 vs 0.0522 plain
-(-2.3 %, p = 0.5): better than the default fusion, still **no improvement** over plain BPR. Untried:
-a lower learning rate for the fusion parameters, the candidate side alone, an epoch cap above 20.
+What the compatibility benchmark measured is in ``benchmarks/results/`` and the README, not here.
 """
 
 from __future__ import annotations

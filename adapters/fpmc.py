@@ -14,16 +14,7 @@ FPMC scores ``<UI(u), IU(i)> + <IL(i), LI(last item)>``. Where fusion enters, an
 versions that differ from FPMC's only by these two additions (``calculate_loss`` fuses the history
 once for the positive and the negative item instead of twice).
 
-Compatibility benchmark: what was tried is in ``fusionlayer.adapters.base`` (main grid: defaults only).
-Outcome, seeds 0-2 (commits 967c93d, f0c7f8e, 0c4957e): test NDCG@10 0.0396 plain vs 0.0379 with
-fusion (-4.3 %, one-sided Wilcoxon p = 0.48): **no improvement** under full ranking (+0.5 % against 100
-sampled negatives). Ablation (validation-selected, see base): on seed 0's validation ``hidden_size=16``
-(NDCG@10 0.0582) and ``dropout=0.2`` (0.0581) tied ahead of ``output_dropout=0.5`` (0.0530) and the
-default (0.0499); both ran on seeds 0-2. Picked by validation (0.0523 vs 0.0518, default 0.0465),
-``hidden_size=16`` gave test NDCG@10 0.0420 vs 0.0396 plain (+6.1 %, one-sided p = 0.18); ``dropout=0.2``
-gave 0.0430 (+8.7 %, p = 0.091). Both improve FPMC, neither reaches the +10 % / p < 0.05 target.
-Untried: a lower fusion learning rate, the candidate side alone, fusing into one candidate term only
-(``IU_emb`` or ``IL_emb``), longer training.
+What the compatibility benchmark measured is in ``benchmarks/results/`` and the README, not here.
 """
 
 from __future__ import annotations

@@ -18,16 +18,8 @@ A model that is not registered but has ``item_embedding`` and ``forward(item_seq
 returning ``(B, H)`` gets :class:`GenericSequentialAdapter`: the same two sides, with the history's
 item embeddings as the ID stream (no hook into an unknown backbone).
 
-Compatibility benchmark: what was tried is in ``fusionlayer.adapters.base`` (main grid: defaults only).
-Outcome: GRU4Rec, seeds 0-2, gained (test NDCG@10 0.0591 -> 0.0621, +5.1 %, one-sided Wilcoxon
-p = 0.11: below the +10 % target and not significant); SASRec, seeds 0-2, gained a little and not
-significantly (0.0585 -> 0.0599, +2.4 %, p = 0.29), with a wide spread: seed 0 -8.4 % (best validation
-epoch 1 with fusion vs 2 plain, which points at the fusion overfitting early), seed 1 level (0.0606
-both), seed 2 +15.6 % (0.0576 -> 0.0666). Ablation (validation, see base): ``output_dropout=0.5``
-against that early overfitting won seed 0's validation (0.0645 vs 0.0612) but not seeds 1-2; over
-seeds 0-2 validation 0.0629 vs 0.0647 default, test 0.0580 vs 0.0585 plain (-0.9 %, p = 0.45): no
-help. Untried: a lower learning rate for the fusion parameters, the candidate side alone, a narrower
-fusion, GRU4Rec variants at all.
+What the compatibility benchmark measured for these backbones is in ``benchmarks/results/`` and the
+README, not here.
 """
 
 from __future__ import annotations

@@ -21,11 +21,9 @@ claim left by a process that died on this host is taken over.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -37,14 +35,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.models import BACKBONES, MODELS, STANDALONE, model_class, variants
-from benchmarks.provenance import command_line, device_name, git_commit
+from benchmarks.cli_args import names
+from benchmarks.models import BACKBONES, MODELS, model_class, variants
+from benchmarks.queue import append_result, claim_run, read_results, run_key
+from benchmarks.ranking import metrics_from_ranks, rank_users, summarise
+from benchmarks.provenance import git_commit, provenance
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DATASETS = ["ml-100k", "ml-1m"]
-K = 10
-
 logger = logging.getLogger("fusionlayer.bench.compat")
 
 
@@ -92,139 +91,6 @@ def parse_fusion_options(pairs: list[str]) -> dict:
     return options
 
 
-def read_results(path: Path) -> list[dict]:
-    """Parse a results file; a malformed line is skipped with a warning that names it."""
-    rows = []
-    if not path.is_file():
-        return rows
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not {"dataset", "model", "variant", "seed", "test"} <= set(row):
-                raise ValueError("missing keys dataset/model/variant/seed/test")
-            if isinstance(row["seed"], bool) or not isinstance(row["seed"], int):
-                raise ValueError(f"seed must be an integer, got {row['seed']!r}")
-        except ValueError as exc:
-            warnings.warn(f"{path}:{number}: skipping malformed result line ({exc}): {line[:80]!r}", stacklevel=2)
-            continue
-        rows.append(row)
-    return rows
-
-
-def run_key(row: dict) -> tuple:
-    return row["dataset"], row["model"], row["variant"], int(row["seed"]), bool(row.get("quick", False))
-
-
-def append_result(path: Path, row: dict) -> None:
-    """Append one line with a single write on an O_APPEND descriptor, then fsync.
-
-    A file whose last line was cut short (a run killed mid-write) gets a newline first, so the new
-    run is its own line and the fragment stays a separate, skipped line.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(row, separators=(",", ":")) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            data = b"\n" + data
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def claims_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".claims")
-
-
-def _claim_holder_alive(path: Path) -> bool:
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):  # being written this instant, or unreadable: trust it while it is fresh
-        try:
-            return time.time() - path.stat().st_mtime < 60
-        except OSError:
-            return False
-    if info.get("host") != platform.node():
-        logger.warning("%s is held by a process on host %s; delete the file if that worker is gone", path, info.get("host"))
-        return True
-    try:
-        os.kill(int(info["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return True
-    return True
-
-
-def claim_run(out: Path, key: tuple) -> Path | None:
-    """Claim one run for this process (O_EXCL file); None when a live worker holds it."""
-    folder = claims_dir(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / ("__".join(str(part) for part in key) + ".json")
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            if _claim_holder_alive(path):
-                return None
-            logger.info("taking over %s: the process that claimed it is gone", path.name)
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": platform.node(), "started": time.time()}, f)
-        return path
-    return None
-
-
-# ----------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def rank_users(model, eval_data, train_item_counts: np.ndarray, device: str, seed: int) -> dict[str, np.ndarray]:
-    """Per-user rank of the held-out item: full ranking and against 100 uniform negatives.
-
-    Ranks count the items scored strictly higher (ties in the user's favour, as RecBole's topk may
-    break them either way); the user's training items and the padding id are excluded.
-    """
-    model.eval()
-    generator = torch.Generator().manual_seed(10_000 + seed)
-    users, full_rank, uni_rank, target_pop = [], [], [], []
-    uid = model.USER_ID
-    for interaction, history_index, positive_u, positive_i in eval_data:
-        interaction = interaction.to(device)
-        scores = model.full_sort_predict(interaction).view(len(interaction), -1).float().cpu()
-        scores[:, 0] = -torch.inf
-        if history_index is not None:
-            scores[history_index] = -torch.inf
-        target = torch.full((len(interaction),), -1, dtype=torch.long)
-        target[positive_u] = positive_i
-        rows = torch.nonzero(target >= 0).flatten()
-        s, t = scores[rows], target[rows]
-        target_score = s.gather(1, t.unsqueeze(1))
-        full_rank.append((s > target_score).sum(1))
-        allowed = torch.isfinite(s)
-        allowed[torch.arange(len(rows)), t] = False
-        negatives = torch.multinomial(allowed.float(), 100, replacement=False, generator=generator)
-        uni_rank.append((s.gather(1, negatives) > target_score).sum(1))
-        users.append(interaction[uid].cpu()[rows])
-        target_pop.append(torch.from_numpy(train_item_counts[t.numpy()]))
-    return {"user": torch.cat(users).numpy(), "full": torch.cat(full_rank).numpy(),
-            "uni100": torch.cat(uni_rank).numpy(), "target_pop": torch.cat(target_pop).numpy()}
-
-
-def metrics_from_ranks(ranks: np.ndarray) -> dict[str, np.ndarray]:
-    hit = ranks < K
-    return {"mrr@10": np.where(hit, 1.0 / (ranks + 1), 0.0), "ndcg@10": np.where(hit, 1.0 / np.log2(ranks + 2), 0.0),
-            "hit@10": hit.astype(float)}
-
-
-def summarise(ranked: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    return {protocol: {m: round(float(v.mean()), 6) for m, v in metrics_from_ranks(ranked[protocol]).items()}
-            for protocol in ("full", "uni100")}
-
-
 # ----------------------------------------------------------------------------------- one run
 def load_tables(dataset_name: str, train_dataset, args, hparams) -> dict:
     from fusionlayer.encoders import load_features
@@ -235,79 +101,88 @@ def load_tables(dataset_name: str, train_dataset, args, hparams) -> dict:
     return {name: a.features for name, a in aligned.items()}
 
 
-def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> dict:
+def build_run(model_name: str, variant: str, seed: int, args, hparams: dict, *, data_root: Path | None = None,
+              dataset_name: str | None = None, extra: dict | None = None):
+    """``(config, dataset, (train, valid, test), model)`` of one run, built the same way by every benchmark:
+    plain and +fusion differ only by ``attach``."""
     import fusionlayer
     from fusionlayer.data.recbole_data import prepare_data, recbole_config
-    from fusionlayer.recbole_compat import load_checkpoint
-
-    cls = model_class(model_name)
-    from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
+    cls = model_class(model_name)
     overrides = {**hparams["common"], **hparams["models"][model_name], "seed": seed, "reproducibility": True,
-                 "device": args.device, "use_gpu": args.device.startswith("cuda")}
+                 "device": args.device, "use_gpu": args.device.startswith("cuda"), **(extra or {})}
+    config = recbole_config(cls, dataset_name or args.dataset, data_root=data_root, overrides=overrides)
+    init_seed(seed, True)
+    dataset, train_data, valid_data, test_data = prepare_data(config)
+    needs_features = variant == "fusion" or model_name == "M2SR"
+    tables = load_tables(args.dataset, train_data.dataset, args, hparams) if needs_features else {}
+    init_seed(seed, True)
+    model = cls(config, train_data.dataset, features=tables) if model_name == "M2SR" else cls(config, train_data.dataset)
+    if variant == "fusion":
+        fusionlayer.attach(model, tables, dataset=train_data.dataset, **hparams["fusion"])
+    return config, dataset, (train_data, valid_data, test_data), model.to(args.device)
+
+
+def train_and_rank(config, model, data, device: str, seed: int) -> dict:
+    """Fit with RecBole's own Trainer (early stopping), reload the best epoch, rank validation and test users."""
+    from recbole.trainer import Trainer
+
+    from fusionlayer.recbole_compat import load_checkpoint
+
+    train_data, valid_data, test_data = data
+    trainer = Trainer(config, model)
+    start = time.perf_counter()
+    trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False)
+    train_seconds = time.perf_counter() - start
+    best_epoch = int(load_checkpoint(trainer.saved_model_file, map_location=device)["epoch"])
+    start = time.perf_counter()
+    recbole_test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    counts = np.bincount(train_data.dataset.inter_feat[train_data.dataset.iid_field].numpy(),
+                         minlength=train_data.dataset.item_num)
+    ranks = {split: rank_users(model, loader, counts, device, seed) for split, loader in
+             (("valid", valid_data), ("test", test_data))}
+    epochs = len(trainer.train_loss_dict)
+    return {"ranks": ranks, "recbole_test": {k: round(float(v), 6) for k, v in recbole_test.items()},
+            "best_epoch": best_epoch, "epochs_run": epochs, "epoch_cap": int(config["epochs"]),
+            "stopped_early": epochs < int(config["epochs"]), "train_seconds": round(train_seconds, 1),
+            "eval_seconds": round(time.perf_counter() - start, 1)}
+
+
+def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> dict:
+    """One run of the grid (data, model, training, ranking) as one results line."""
+    import fusionlayer
+
     data_root, dataset_name = Path(args.data_dir) if args.data_dir else None, args.dataset
-    if args.quick:
-        overrides.update({k: v for k, v in hparams["quick"].items() if k != "users"})
-    checkpoint_dir = tempfile.mkdtemp(prefix="fusionlayer-compat-")
-    overrides["checkpoint_dir"] = checkpoint_dir
+    extra = {"checkpoint_dir": tempfile.mkdtemp(prefix="fusionlayer-compat-")}
     if args.quick:
         from fusionlayer.data import slice_users
 
+        extra.update({k: v for k, v in hparams["quick"].items() if k != "users"})
         slice_root = Path(tempfile.mkdtemp(prefix="fusionlayer-slice-"))
         dataset_name = slice_users(args.dataset, hparams["quick"]["users"], slice_root, data_root)
         data_root = slice_root
     try:
-        config = recbole_config(cls, dataset_name, data_root=data_root, overrides=overrides)
-        init_seed(seed, True)
-        dataset, train_data, valid_data, test_data = prepare_data(config)
-        needs_features = variant == "fusion" or model_name == "M2SR"
-        tables = load_tables(args.dataset, train_data.dataset, args, hparams) if needs_features else {}
-        init_seed(seed, True)
-        if model_name == "M2SR":
-            model = cls(config, train_data.dataset, features=tables)
-        else:
-            model = cls(config, train_data.dataset)
-        if variant == "fusion":
-            fusionlayer.attach(model, tables, dataset=train_data.dataset, **hparams["fusion"])
-        model = model.to(args.device)
-        params = sum(p.numel() for p in model.parameters())
-        fusion_params = fusionlayer.count_parameters(model)["fusion"]
+        config, dataset, data, model = build_run(model_name, variant, seed, args, hparams, data_root=data_root,
+                                                 dataset_name=dataset_name, extra=extra)
+        counts = fusionlayer.count_parameters(model)
         recipe = model.fusion_adapter.options.to_dict() if variant == "fusion" else None
-        trainer = Trainer(config, model)
-        start = time.perf_counter()
-        trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False)
-        train_seconds = time.perf_counter() - start
-        checkpoint = load_checkpoint(trainer.saved_model_file, map_location=args.device)
-        start = time.perf_counter()
-        recbole_test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
-        counts = np.bincount(train_data.dataset.inter_feat[train_data.dataset.iid_field].numpy(),
-                             minlength=train_data.dataset.item_num)
-        valid_ranks = rank_users(model, valid_data, counts, args.device, seed)
-        test_ranks = rank_users(model, test_data, counts, args.device, seed)
-        eval_seconds = time.perf_counter() - start
+        trained = train_and_rank(config, model, data, args.device, seed)
     finally:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        shutil.rmtree(extra["checkpoint_dir"], ignore_errors=True)
         if args.quick:
             shutil.rmtree(data_root, ignore_errors=True)
-    test_metrics = metrics_from_ranks(test_ranks["full"])
+    ranks = trained.pop("ranks")
+    test_ndcg = metrics_from_ranks(ranks["test"]["full"])["ndcg@10"]
     return {
         "dataset": args.dataset, "model": model_name, "variant": variant, "seed": seed, "quick": bool(args.quick),
-        "test": summarise(test_ranks), "valid": summarise(valid_ranks),
-        "recbole_test": {k: round(float(v), 6) for k, v in recbole_test.items()},
-        "best_epoch": int(checkpoint["epoch"]), "epochs_run": len(trainer.train_loss_dict),
-        "epoch_cap": int(config["epochs"]), "stopped_early": len(trainer.train_loss_dict) < int(config["epochs"]),
-        "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
-        "params": int(params), "fusion_params": int(fusion_params),
+        "test": summarise(ranks["test"]), "valid": summarise(ranks["valid"]), **trained,
+        "params": int(counts["total"]), "fusion_params": int(counts["fusion"]),
         "n_users": int(dataset.user_num - 1), "n_items": int(dataset.item_num - 1), "n_inter": int(len(dataset.inter_feat)),
-        "commit": git_commit(), "torch": torch.__version__, "device": device_name(args.device),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": command_line("benchmarks.compat", getattr(args, "argv", None)),
-        "hparams": {**hparams["common"], **hparams["models"][model_name],
-                    **({"fusion": recipe} if variant == "fusion" else {})},
-        "per_user": {"user": test_ranks["user"].tolist(),
-                     "ndcg@10": [round(float(x), 5) for x in test_metrics["ndcg@10"]],
-                     "target_pop": test_ranks["target_pop"].tolist()},
+        **provenance("benchmarks.compat", getattr(args, "argv", None), args.device),
+        "hparams": {**hparams["common"], **hparams["models"][model_name], **({"fusion": recipe} if recipe else {})},
+        "per_user": {"user": ranks["test"]["user"].tolist(), "ndcg@10": [round(float(x), 5) for x in test_ndcg],
+                     "target_pop": ranks["test"]["target_pop"].tolist()},
     }
 
 
@@ -340,10 +215,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.dataset not in DATASETS:
         parser.error(f"unknown dataset {args.dataset!r}; choose from {DATASETS}")
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in args.models if m not in MODELS]
-    if unknown:
-        parser.error(f"unknown model(s) {unknown}; choose from {MODELS}")
+    args.models = names(parser, args.models, MODELS, "--models")
     if args.variants is not None:
         args.variants = {v.strip() for v in args.variants.split(",") if v.strip()}
         if not args.variants or args.variants - {"plain", "fusion", "standalone"}:

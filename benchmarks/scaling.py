@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
 HERE = Path(__file__).resolve().parent
+from benchmarks.cli_args import names, results_file
 from benchmarks.provenance import atomic_write_json, device_name, provenance
 from fusionlayer import FeatureFusionLayer
 
@@ -391,13 +392,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.lengths = "64,128,256"
     args.lengths = [int(x) for x in args.lengths.split(",") if x]
     args.e2e_lengths = [int(x) for x in args.e2e_lengths.split(",") if x]
-    args.contenders = [c for c in args.contenders.split(",") if c]
+    args.contenders = names(parser, args.contenders, CONTENDERS, "--contenders")
     args.e2e_models = [m for m in args.e2e_models.split(",") if m]
-    bad = [c for c in args.contenders if c not in CONTENDERS]
-    if bad:
-        parser.error(f"unknown contender(s) {bad}; choose from {CONTENDERS}")
-    if args.out is None:
-        args.out = HERE / "results" / f"scaling-{args.device.split(':')[0]}{'-quick' if args.quick else ''}.json"
+    args.out = args.out or results_file("scaling", args.device, args.quick)
     return args
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.compat import load_hparams
+from benchmarks.cli_args import names, results_file
 from benchmarks.models import BACKBONES
 from benchmarks.provenance import provenance
 from fusionlayer.encoders.cache import atomic_write_bytes
@@ -76,26 +77,12 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 def build(model_name: str, variant: str, args):
     """(config, model, train_data, test_data) built exactly as the compatibility benchmark builds them."""
-    import fusionlayer
-    from benchmarks.compat import load_tables
-    from benchmarks.models import model_class
-    from fusionlayer.data.recbole_data import prepare_data, recbole_config
-    from recbole.utils import init_seed
+    from benchmarks.compat import build_run
 
-    hparams = load_hparams()
-    overrides = {**hparams["common"], **hparams["models"][model_name], "train_batch_size": BATCH_SIZE.get(model_name, 256),
-                 "seed": 0, "reproducibility": True,
-                 "device": args.device, "use_gpu": args.device.startswith("cuda"), "checkpoint_dir": "/tmp/fusionlayer-step-cost"}
-    cls = model_class(model_name)
-    config = recbole_config(cls, args.dataset, data_root=args.data_dir, overrides=overrides)
-    init_seed(0, True)
-    _, train_data, _, test_data = prepare_data(config)
-    tables = load_tables(args.dataset, train_data.dataset, args, hparams) if variant != "plain" else {}
-    init_seed(0, True)
-    model = cls(config, train_data.dataset, features=tables) if model_name == "M2SR" else cls(config, train_data.dataset)
-    if variant == "fusion":
-        fusionlayer.attach(model, tables, dataset=train_data.dataset, **hparams["fusion"])
-    return config, model.to(args.device), train_data, test_data
+    extra = {"train_batch_size": BATCH_SIZE.get(model_name, 256), "checkpoint_dir": "/tmp/fusionlayer-step-cost"}
+    config, _, (train_data, _, test_data), model = build_run(model_name, variant, 0, args, load_hparams(),
+                                                            data_root=args.data_dir, extra=extra)
+    return config, model, train_data, test_data
 
 
 def measure(model_name: str, variant: str, args) -> dict:
@@ -267,17 +254,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--markdown-only", action="store_true", help="rewrite <out>.md from <out> and --before, run nothing")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = sorted(set(args.models) - set(MODELS))
-    if unknown:
-        parser.error(f"unknown models {unknown}; choose from {MODELS}")
+    args.models = names(parser, args.models, MODELS, "--models")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch here; run on a machine with a GPU")
     for name in ("steps", "batches", "predict_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.out is None:
-        args.out = HERE / "results" / f"step-cost-{'cuda' if args.device.startswith('cuda') else 'cpu'}.json"
+    args.out = args.out or results_file("step-cost", args.device)
     return args
 
 

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import compat
+from benchmarks.cli_args import names
 from benchmarks.models import BACKBONES
 from benchmarks.provenance import atomic_write_json, provenance
 
@@ -91,10 +92,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--pick", action="store_true", help="only write picks.json from the recorded runs")
     args = parser.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = sorted(set(args.models) - set(BACKBONES))
-    if unknown:
-        parser.error(f"unknown backbones {unknown}; choose from {BACKBONES}")
+    args.models = names(parser, args.models, BACKBONES, "--models")
     args.quick = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in ("recbole", "fusionlayer"):

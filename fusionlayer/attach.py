@@ -1,7 +1,7 @@
 """attach / detach: bolt a fusion layer onto a RecBole model in place, PEFT-style.
 
 ``attach`` validates everything first (a failed call leaves the model untouched), then installs an
-adapter from the registry (keyed by model class, see :func:`list_adapters`) as
+adapter from the registry (``fusionlayer.adapters.registry``, keyed by model class, see :func:`list_adapters`) as
 ``model.fusion_adapter``, swaps the candidate embeddings for content-aware wrappers and overrides
 the methods that build the user/sequence vector. Fresh output gates are zero, so the attached model
 scores exactly like the base model until it trains. ``detach`` restores the original modules.
@@ -9,84 +9,18 @@ scores exactly like the base model until it trains. ``detach`` restores the orig
 
 from __future__ import annotations
 
-import logging
-import warnings
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from fusionlayer.adapters.registry import get_adapter, list_adapters, register_adapter
 from fusionlayer.config import AdapterOptions
 from fusionlayer.features import as_feature_tables
-from fusionlayer.recbole_compat import patch_recbole
 
-logger = logging.getLogger(__name__)
 
 __all__ = ["attach", "detach", "register_adapter", "list_adapters", "get_adapter",
            "count_parameters", "fusion_state_dict", "load_fusion_state_dict", "is_attached"]
-
-_REGISTRY: dict[type, type] = {}
-
-
-def _default_registry() -> dict[type, type]:
-    if not _REGISTRY:
-        patch_recbole()
-        from recbole.model.general_recommender import BPR
-        from recbole.model.sequential_recommender import FPMC, GRU4Rec, SASRec
-
-        from fusionlayer.adapters import BPRAdapter, FPMCAdapter, GRU4RecAdapter, SASRecAdapter
-
-        _REGISTRY.update({SASRec: SASRecAdapter, GRU4Rec: GRU4RecAdapter, FPMC: FPMCAdapter, BPR: BPRAdapter})
-    return _REGISTRY
-
-
-def register_adapter(model_class: type, adapter_class: type) -> None:
-    """Register ``adapter_class`` (a :class:`fusionlayer.adapters.FusionAdapter`) for ``model_class``."""
-    from fusionlayer.adapters import FusionAdapter
-
-    if not (isinstance(adapter_class, type) and issubclass(adapter_class, FusionAdapter)):
-        raise TypeError(f"adapter_class must subclass fusionlayer.adapters.FusionAdapter, got {adapter_class!r}")
-    _default_registry()[model_class] = adapter_class
-
-
-def list_adapters() -> dict[str, str]:
-    """``{model class name: adapter class name}`` for every registered backbone."""
-    return {model.__name__: adapter.__name__ for model, adapter in _default_registry().items()}
-
-
-def get_adapter(model: nn.Module) -> type:
-    """The adapter class for ``model``: registered (by class, then base classes) or generic sequential."""
-    from recbole.model.abstract_recommender import AbstractRecommender, SequentialRecommender
-
-    from fusionlayer.adapters import GenericSequentialAdapter
-
-    registry = _default_registry()
-    if not isinstance(model, AbstractRecommender):
-        raise TypeError(
-            f"attach() takes a RecBole recommender (recbole.model.abstract_recommender.AbstractRecommender), "
-            f"got {type(model).__name__}; registered adapters: {list_adapters()}"
-        )
-    for cls in type(model).__mro__:
-        if cls in registry:
-            return registry[cls]
-    reason = ""
-    if isinstance(model, SequentialRecommender) and isinstance(getattr(model, "item_embedding", None), nn.Embedding):
-        try:
-            GenericSequentialAdapter.check_model(model)
-        except TypeError as exc:
-            reason = f" The generic sequential adapter does not fit: {exc}."
-        else:
-            warnings.warn(
-                f"{type(model).__name__} has no registered adapter; using the generic sequential adapter "
-                "(item embeddings as the ID stream). Register a dedicated one with fusionlayer.register_adapter.",
-                stacklevel=3,
-            )
-            return GenericSequentialAdapter
-    raise TypeError(
-        f"no adapter for {type(model).__name__}; registered adapters: {list_adapters()}. A sequential model "
-        f"with item_embedding and forward(item_seq, item_seq_len) -> (B, H) gets the generic adapter.{reason}"
-    )
-
 
 def is_attached(model: nn.Module) -> bool:
     return isinstance(getattr(model, "_modules", {}).get("fusion_adapter"), nn.Module)

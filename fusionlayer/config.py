@@ -15,6 +15,19 @@ def _reserved_names() -> frozenset[str]:
 
 
 _RESERVED_NAMES = _reserved_names()
+_RANGES = {"in [0, 1)": lambda v: 0.0 <= v < 1.0, "> 0": lambda v: v > 0}
+
+
+def _check_numbers(config: Any, **rules: str) -> None:
+    """Each named field is a real number (TypeError otherwise) within its rule (ValueError); a rule's
+    words after the range are the reason shown."""
+    for name, rule in rules.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+        bound = next(key for key in _RANGES if rule.startswith(key))
+        if not _RANGES[bound](value):
+            raise ValueError(f"{name} must be {rule}, got {value!r}")
 
 
 @dataclass
@@ -57,15 +70,7 @@ class FusionConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(self.num_fusion_layers, int) or self.num_fusion_layers < 0:
             raise ValueError(f"num_fusion_layers must be an int >= 0, got {self.num_fusion_layers!r}")
-        for name in ("dropout", "layer_norm_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps must be > 0 (a zero-variance padded row would divide by zero), "
-                             f"got {self.layer_norm_eps!r}")
+        _check_numbers(self, dropout="in [0, 1)", layer_norm_eps="> 0 (a zero-variance padded row would divide by zero)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,14 +110,7 @@ class AdapterOptions:
     side: str = "both"  # where content enters: "both", "history" (user/sequence side), "candidate" (item side)
 
     def __post_init__(self) -> None:
-        for name in ("output_dropout", "output_scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-        if not 0.0 <= self.output_dropout < 1.0:
-            raise ValueError(f"output_dropout must be in [0, 1), got {self.output_dropout!r}")
-        if not self.output_scale > 0:
-            raise ValueError(f"output_scale must be > 0, got {self.output_scale!r}")
+        _check_numbers(self, output_dropout="in [0, 1)", output_scale="> 0")
         if self.side not in SIDES:
             raise ValueError(f"side must be one of {list(SIDES)}, got {self.side!r}")
         self.fusion_config({"id": 1}, 1)  # the FusionConfig checks, now rather than at install time

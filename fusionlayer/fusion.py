@@ -152,6 +152,38 @@ class FeatureFusionLayer(nn.Module):
             raise ValueError(f"item_seq holds ids from {low} to {high}, but {what} has {n_rows} rows "
                              f"(valid ids 0..{n_rows - 1}, 0 = padding); ids must index the table's rows")
 
+    def _check_items(self, item_seq, mask, tables, projected_tables, sequences) -> tuple[int, int]:
+        """:meth:`forward_items`' inputs, checked before any computation; returns ``(B, L)``."""
+        if not isinstance(item_seq, torch.Tensor) or item_seq.dim() != 2 or item_seq.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"item_seq must be an integer tensor of shape (B, L), got {getattr(item_seq, 'dtype', type(item_seq))} "
+                            f"{tuple(getattr(item_seq, 'shape', ()))}")
+        B, L = self._check_mask(mask)
+        if item_seq.shape != mask.shape:
+            raise ValueError(f"item_seq {tuple(item_seq.shape)} and mask {tuple(mask.shape)} must have the same shape")
+        kinds = {"tables": set(tables), "projected_tables": set(projected_tables), "sequences": set(sequences)}
+        seen: dict[str, str] = {}
+        for kind, names in kinds.items():
+            for name in sorted(names):
+                if name in seen:
+                    raise ValueError(f"modality {name!r} was given both in {seen[name]} and in {kind}; give each once")
+                seen[name] = kind
+        self._check_keys(set(seen))
+        H = self.config.hidden_size
+        for name, table in projected_tables.items():
+            if not isinstance(table, torch.Tensor) or table.dim() != 2 or table.shape[1] != H:
+                raise ValueError(f"projected_tables[{name!r}] must be an (N, hidden_size={H}) tensor from "
+                                 f"project_tables(), got {tuple(getattr(table, 'shape', ()))}")
+        id_range = (int(item_seq.min()), int(item_seq.max())) if item_seq.numel() else (0, 0)
+        for kind, named in (("tables", tables), ("projected_tables", projected_tables)):
+            for name, table in named.items():
+                self._check_width(name, table, kind, width=self.config.hidden_size if kind == "projected_tables" else None)
+                if table.dim() != 2:
+                    raise ValueError(f"{kind}[{name!r}] must be an (N, D) table, got shape {tuple(table.shape)}")
+                self._check_ids(id_range, table.shape[0], f"{kind}[{name!r}]")
+        for name, x in sequences.items():
+            self._check_width(name, x, "sequences", positions=(B, L))
+        return B, L
+
     # ------------------------------------------------------------------ forward paths
     def forward(self, features: Mapping[str, torch.Tensor], mask: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
         """Fuse per-position modality features.
@@ -202,38 +234,9 @@ class FeatureFusionLayer(nn.Module):
             mask: ``(B, L)`` bool; default ``item_seq != 0`` (RecBole's padding id).
             last_only: see :meth:`forward`.
         """
-        sequences = dict(sequences or {})
-        projected_tables = dict(projected_tables or {})
-        if not isinstance(item_seq, torch.Tensor) or item_seq.dim() != 2 or item_seq.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"item_seq must be an integer tensor of shape (B, L), got {getattr(item_seq, 'dtype', type(item_seq))} "
-                            f"{tuple(getattr(item_seq, 'shape', ()))}")
-        if mask is None:
-            mask = item_seq != 0
-        B, L = self._check_mask(mask)
-        if item_seq.shape != mask.shape:
-            raise ValueError(f"item_seq {tuple(item_seq.shape)} and mask {tuple(mask.shape)} must have the same shape")
-        kinds = {"tables": set(tables), "projected_tables": set(projected_tables), "sequences": set(sequences)}
-        seen: dict[str, str] = {}
-        for kind, names in kinds.items():
-            for name in sorted(names):
-                if name in seen:
-                    raise ValueError(f"modality {name!r} was given both in {seen[name]} and in {kind}; give each once")
-                seen[name] = kind
-        self._check_keys(set(seen))
-        H = self.config.hidden_size
-        for name, table in projected_tables.items():
-            if not isinstance(table, torch.Tensor) or table.dim() != 2 or table.shape[1] != H:
-                raise ValueError(f"projected_tables[{name!r}] must be an (N, hidden_size={H}) tensor from "
-                                 f"project_tables(), got {tuple(getattr(table, 'shape', ()))}")
-        id_range = (int(item_seq.min()), int(item_seq.max()))
-        for kind, named in (("tables", tables), ("projected_tables", projected_tables)):
-            for name, table in named.items():
-                self._check_width(name, table, kind, width=self.config.hidden_size if kind == "projected_tables" else None)
-                if table.dim() != 2:
-                    raise ValueError(f"{kind}[{name!r}] must be an (N, D) table, got shape {tuple(table.shape)}")
-                self._check_ids(id_range, table.shape[0], f"{kind}[{name!r}]")
-        for name, x in sequences.items():
-            self._check_width(name, x, "sequences", positions=(B, L))
+        sequences, projected_tables = dict(sequences or {}), dict(projected_tables or {})
+        mask = item_seq != 0 if mask is None and isinstance(item_seq, torch.Tensor) else mask
+        B, L = self._check_items(item_seq, mask, tables, projected_tables, sequences)
         order, aligned_mask = self._align(mask)
         aligned_seq = item_seq if order is None else item_seq.gather(1, order)
         ids = aligned_seq.t().reshape(-1)  # positions first: row l * B + b holds position l of history b

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import compat, report, scaling
+from benchmarks import compat, queue, report, scaling
 
 
 def test_sdpa_cpu_flops_are_counted_exactly():
@@ -194,19 +194,19 @@ def test_workers_share_the_grid_through_claims(tmp_path, monkeypatch):
 
     def fake_run_one(model, variant, seed, args, hparams):
         ran.append((model, variant, seed))
-        assert compat.claims_dir(out).joinpath(f"ml-100k__{model}__{variant}__{seed}__False.json").is_file()
+        assert queue.claims_dir(out).joinpath(f"ml-100k__{model}__{variant}__{seed}__False.json").is_file()
         return {**_fake_run(model, variant, seed, [0.1, 0.2, 0.3]), "best_epoch": 1, "epochs_run": 1, "train_seconds": 1.0}
 
     monkeypatch.setattr(compat, "run_one", fake_run_one)
-    held = compat.claim_run(out, ("ml-100k", "BPR", "fusion", 0, False))  # a live worker (this process) holds it
-    assert held is not None and compat.claim_run(out, ("ml-100k", "BPR", "fusion", 0, False)) is None
+    held = queue.claim_run(out, ("ml-100k", "BPR", "fusion", 0, False))  # a live worker (this process) holds it
+    assert held is not None and queue.claim_run(out, ("ml-100k", "BPR", "fusion", 0, False)) is None
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = compat.claims_dir(out) / "ml-100k__FPMC__plain__0__False.json"
+    stale = queue.claims_dir(out) / "ml-100k__FPMC__plain__0__False.json"
     stale.write_text(json.dumps({"pid": dead.pid, "host": platform.node(), "started": 0}))
     assert compat.main(["--models", "BPR,FPMC", "--seeds", "0", "--out", str(out)]) == 0
     assert ran == [("BPR", "plain", 0), ("FPMC", "plain", 0), ("FPMC", "fusion", 0)]  # the stale claim was taken over
-    assert {f.name for f in compat.claims_dir(out).iterdir()} == {held.name}  # finished runs release their claims
+    assert {f.name for f in queue.claims_dir(out).iterdir()} == {held.name}  # finished runs release their claims
     held.unlink()
     assert compat.main(["--models", "BPR,FPMC", "--seeds", "0", "--out", str(out)]) == 0
     assert ran[-1] == ("BPR", "fusion", 0) and len(compat.read_results(out)) == 4
