@@ -6,11 +6,13 @@ first use (after :func:`patch_recbole`).
 
 from fusionlayer.attach import (
     attach,
+    backbone_state_dict,
     count_parameters,
     detach,
     fusion_state_dict,
     is_attached,
     list_adapters,
+    load_backbone_state_dict,
     load_fusion_state_dict,
     register_adapter,
 )
@@ -23,7 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterOptions", "FeatureFusionLayer", "FusionConfig", "MixerBlock", "MlpBlock", "M2SR", "MLPMixerRec", "attach", "detach",
-    "register_adapter", "list_adapters", "count_parameters", "fusion_state_dict", "load_fusion_state_dict",
+    "register_adapter", "list_adapters", "count_parameters", "fusion_state_dict", "load_fusion_state_dict", "backbone_state_dict", "load_backbone_state_dict",
     "is_attached", "patch_recbole",
 ]
 

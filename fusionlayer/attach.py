@@ -19,8 +19,8 @@ from fusionlayer.config import AdapterOptions
 from fusionlayer.features import as_feature_tables
 
 
-__all__ = ["attach", "detach", "register_adapter", "list_adapters", "get_adapter",
-           "count_parameters", "fusion_state_dict", "load_fusion_state_dict", "is_attached"]
+__all__ = ["attach", "detach", "register_adapter", "list_adapters", "get_adapter", "count_parameters",
+           "fusion_state_dict", "load_fusion_state_dict", "backbone_state_dict", "load_backbone_state_dict", "is_attached"]
 
 def is_attached(model: nn.Module) -> bool:
     return isinstance(getattr(model, "_modules", {}).get("fusion_adapter"), nn.Module)
@@ -103,4 +103,44 @@ def load_fusion_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     if not is_attached(model):
         raise ValueError(f"attach a fusion layer to {type(model).__name__} before loading fusion weights")
     model.fusion_adapter.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _wrapped_names(model: nn.Module) -> list[str]:
+    return list(model.fusion_adapter.wrapped) if is_attached(model) else []
+
+
+def backbone_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's own weights under the plain model's key names (fusion weights left out).
+
+    What a detached model would hold: save it (or put it in a RecBole checkpoint's ``state_dict``)
+    and a plain model of the same class loads it, e.g. through RecBole's ``load_data_and_model``.
+    """
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("fusion_adapter.")}
+    for name in _wrapped_names(model):
+        state[f"{name}.weight"] = state.pop(f"{name}.base_layer.weight")
+    return state
+
+
+def load_backbone_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load a plain model's weights (a checkpoint saved before ``attach``) into an attached model (strict).
+
+    The fusion keeps its own weights: fine-tune fusion on a plain checkpoint by building the model,
+    attaching, loading the plain weights with this function, then training (``freeze_backbone=True``
+    to train the fusion alone).
+    """
+    state = dict(state_dict)
+    for name in _wrapped_names(model):
+        key = f"{name}.weight"
+        if key in state:
+            state[f"{name}.base_layer.weight"] = state.pop(key)
+    fusion = {k: v for k, v in model.state_dict().items() if k.startswith("fusion_adapter.")}
+    unexpected = sorted(k for k in state if k.startswith("fusion_adapter."))
+    if unexpected:
+        raise ValueError(f"state_dict holds fusion weights ({unexpected[:3]}...): it is an attached model's; load it "
+                         "with model.load_state_dict(...) directly, or the fusion part with load_fusion_state_dict")
+    missing, extra = model.load_state_dict({**state, **fusion}, strict=False)
+    if missing or extra:
+        raise ValueError(f"state_dict does not fit {type(model).__name__}: missing {missing[:5]}, unexpected "
+                         f"{extra[:5]}; pass the state_dict of a plain {type(model).__name__} built on the same dataset")
     return model

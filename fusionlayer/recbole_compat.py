@@ -39,7 +39,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["patch_recbole", "NUMPY_ALIASES", "load_checkpoint", "UnsafeCheckpointError", "CHECKPOINT_GLOBALS"]
+__all__ = ["patch_recbole", "NUMPY_ALIASES", "load_checkpoint", "load_data_and_model", "UnsafeCheckpointError", "CHECKPOINT_GLOBALS"]
 
 # Old numpy names that RecBole 1.2.1 / ray 2.6.3 read, and what they meant.
 NUMPY_ALIASES = {
@@ -178,3 +178,39 @@ def patch_recbole() -> None:
     Idempotent and cheap after the first call.
     """
     _patch_once()
+
+
+def load_data_and_model(model_file, features=None, **attach_options):
+    """RecBole's ``recbole.quick_start.load_data_and_model`` for torch >= 2.6, plain and attached checkpoints.
+
+    Loads the checkpoint with :func:`load_checkpoint` (restricted to the types RecBole's checkpoints
+    hold), rebuilds the dataset and dataloaders from its config, builds the model and loads the
+    weights. A checkpoint of an attached model (``fusion_adapter.*`` keys) needs the same
+    ``features`` (and options) it was trained with: the model is attached before its weights load.
+
+    Returns:
+        ``(config, model, dataset, train_data, valid_data, test_data)``, as RecBole's does.
+    """
+    patch_recbole()
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_seed
+
+    checkpoint = load_checkpoint(model_file)
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    state = checkpoint["state_dict"]
+    if any(key.startswith("fusion_adapter.") for key in state):
+        if features is None:
+            raise ValueError(f"{model_file} is a checkpoint of an attached model: pass the features it was trained "
+                             "with, load_data_and_model(path, features=...), or save a detached one with "
+                             "fusionlayer.backbone_state_dict(model)")
+        import fusionlayer
+
+        fusionlayer.attach(model, features, dataset=train_data.dataset, **attach_options)
+    model.load_state_dict(state)
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

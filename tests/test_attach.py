@@ -287,3 +287,40 @@ def test_bpr_refuses_a_dataset_with_evaluation_interactions(tiny_root, tmp_path)
         assert not fusionlayer.is_attached(model)
     fusionlayer.attach(model, feats, dataset=train.dataset)
     assert fusionlayer.is_attached(model)
+
+
+@pytest.mark.slow
+def test_checkpoint_paths_plain_to_attached_and_back(setups, tmp_path):
+    """Fine-tune fusion on a plain checkpoint, save the attached model, load it back, export a detached one."""
+    from recbole.trainer import Trainer
+
+    from fusionlayer.recbole_compat import load_checkpoint, load_data_and_model
+
+    config, train, valid, test, batch = setups("SASRec")
+    config["checkpoint_dir"] = str(tmp_path)
+    torch.manual_seed(0)
+    plain = backbone_class("SASRec")(config, train.dataset)
+    trainer = Trainer(config, plain)
+    trainer.fit(train, valid, verbose=False, saved=True, show_progress=False)
+    plain_file = trainer.saved_model_file
+    state = load_checkpoint(plain_file)["state_dict"]
+    feats = random_features(train.dataset.item_num)
+    model = fusionlayer.attach(backbone_class("SASRec")(config, train.dataset), feats)
+    with pytest.raises(RuntimeError):  # the plain keys do not fit an attached model as they are ...
+        model.load_state_dict(state)
+    fusionlayer.load_backbone_state_dict(model, state)  # ... this maps them
+    plain.load_state_dict(state)
+    assert torch.equal(scores(model, (config, train, valid, test, batch))[0], scores(plain, (config, train, valid, test, batch))[0])
+    trainer = Trainer(config, model)  # fine-tune, RecBole saves the attached checkpoint
+    trainer.fit(train, valid, verbose=False, saved=True, show_progress=False)
+    with pytest.raises(ValueError, match="checkpoint of an attached model: pass the features"):
+        load_data_and_model(trainer.saved_model_file)
+    _, loaded, *_ = load_data_and_model(trainer.saved_model_file, features=feats)
+    model.load_state_dict(load_checkpoint(trainer.saved_model_file)["state_dict"])
+    data = (config, train, valid, test, batch)
+    assert torch.allclose(scores(loaded, data)[0], scores(model, data)[0])
+    exported = backbone_class("SASRec")(config, train.dataset)
+    exported.load_state_dict(fusionlayer.backbone_state_dict(model))  # a detached export loads into a plain model
+    assert torch.equal(scores(exported, data)[0], scores(fusionlayer.detach(model), data)[0])
+    _, plain_loaded, *_ = load_data_and_model(plain_file)  # plain checkpoints load under torch >= 2.6 too
+    assert torch.equal(scores(plain_loaded, data)[0], scores(plain, data)[0])

@@ -31,7 +31,8 @@ def test_shared_ml100k_counts(tiny_root, tmp_path):
 @pytest.mark.needs_ml100k
 def test_item_content_rules_on_real_data():
     items, counts = load_item_content("ml-100k", SHARED)
-    assert counts == {"items": 1682, "duplicate_csv_rows": 64, "empty_plot": 18, "no_text": 0, "no_poster": 19}
+    assert counts == {"items": 1682, "duplicate_csv_rows": 64, "malformed_csv_lines": 0, "non_utf8_csv_rows": 0,
+                      "empty_plot": 18, "no_text": 0, "no_poster": 19}
     toy_story = items[0]
     assert toy_story.token == "1" and toy_story.poster.name == "1.jpg"
     assert toy_story.text.startswith("Toy Story (1995). Genres: Animation, Children's, Comedy. Led by Woody")

@@ -368,3 +368,23 @@ def test_report_counts_a_duplicated_run_once_and_never_calls_nan_improved():
     nan_rows = rows[:3] + [_run("BPR", "fusion", s, float("nan")) for s in (0, 1, 2)]
     verdict = next(line for line in report.verdicts(report.group(nan_rows, "ml-100k")) if "**BPR**" in line)
     assert "no verdict" in verdict and "improved" not in verdict
+
+
+# ----------------------------------------------------------------------------------- item content files
+def test_an_unterminated_quote_in_items_csv_costs_one_plot_not_the_following_ones(tmp_path):
+    from fusionlayer.data.movielens import _read_plots
+
+    path = tmp_path / "items.csv"
+    path.write_text('movie_id,title,overview\n1,A,"broken plot\n2,B,second plot\n3,C,"third, quoted"\n')
+    plots, counts = _read_plots(path)
+    assert plots["2"] == "second plot" and plots["3"] == "third, quoted" and plots["1"] == "broken plot"
+    assert counts["malformed_csv_lines"] == 1
+
+
+def test_non_utf8_plots_are_counted_not_garbled(tmp_path):
+    from fusionlayer.data.movielens import _read_plots
+
+    path = tmp_path / "items.csv"
+    path.write_bytes(b"movie_id,title,overview\n1,A,caf\xe9 plot\n2,B,fine\n")
+    plots, counts = _read_plots(path)
+    assert plots == {"1": "", "2": "fine"} and counts["non_utf8_csv_rows"] == 1

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import os
+import re
 import tempfile
 import urllib.request
 import zipfile
@@ -184,6 +186,56 @@ def item_text(title: str, genres: list[str], plot: str) -> str | None:
     return f"{head}. {plot}" if head and plot else head or plot
 
 
+_RECORD_START = re.compile(r"^\d+,")  # an items.csv record starts with its numeric movie_id
+
+
+def _csv_rows(text: str) -> tuple[list[dict[str, str]], int]:
+    """Parse ``items.csv``; returns (rows, malformed lines).
+
+    A record that swallowed the records after it (an unterminated quote makes the csv module read on
+    to the next quote) is detected by counting physical lines that start a record; the file is then
+    parsed one physical line at a time, and the lines that still do not parse are counted, not dropped silently.
+    """
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    lines = text.splitlines()
+    starts = sum(1 for line in lines[1:] if _RECORD_START.match(line))
+    if len(rows) >= starts:
+        return rows, 0
+    header, malformed, rows = next(csv.reader([lines[0]])), 0, []
+    for line in lines[1:]:
+        if not _RECORD_START.match(line):
+            continue
+        fields = next(csv.reader([line]), [])
+        if line.count('"') % 2 or len(fields) != len(header):  # the line with the unbalanced quote: counted
+            malformed += 1
+            fields = (fields + [""] * len(header))[:len(header)]
+        rows.append(dict(zip(header, fields)))
+    return rows, malformed
+
+
+def _read_plots(csv_path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """``{movie_id: overview}`` from ``items.csv`` and the counts of what was wrong with it."""
+    counts = {"duplicate_csv_rows": 0, "malformed_csv_lines": 0, "non_utf8_csv_rows": 0}
+    if not csv_path.is_file():
+        return {}, counts
+    rows, counts["malformed_csv_lines"] = _csv_rows(csv_path.read_bytes().decode("utf-8", errors="replace"))
+    plots: dict[str, str] = {}
+    for row in rows:
+        token = (row.get("movie_id") or "").strip()
+        if token in plots:
+            counts["duplicate_csv_rows"] += 1
+            continue
+        plot = (row.get("overview") or "").strip()
+        if "\ufffd" in plot:  # bytes that are not UTF-8: counted, and the plot is left out rather than garbled
+            counts["non_utf8_csv_rows"] += 1
+            plot = ""
+        plots[token] = plot
+    for key, value in counts.items():
+        if value and key != "duplicate_csv_rows":
+            logger.warning("%s: %d %s (those plots are left empty)", csv_path, value, key.replace("_", " "))
+    return plots, counts
+
+
 def load_item_content(name: str, data_root: str | Path | None = None) -> tuple[list[ItemContent], dict[str, int]]:
     """Read every item's text and poster path, in the order of ``<name>.item``.
 
@@ -192,18 +244,8 @@ def load_item_content(name: str, data_root: str | Path | None = None) -> tuple[l
         missing posters (also logged).
     """
     folder = ensure_dataset(name, data_root)
-    plots: dict[str, str] = {}
-    duplicates = 0
-    csv_path = folder / "items.csv"
-    if csv_path.is_file():
-        with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
-            for row in csv.DictReader(f):
-                token = (row.get("movie_id") or "").strip()
-                if token in plots:
-                    duplicates += 1
-                    continue
-                plots[token] = (row.get("overview") or "").strip()
-    contents, counts = [], {"items": 0, "duplicate_csv_rows": duplicates, "empty_plot": 0, "no_text": 0, "no_poster": 0}
+    plots, csv_counts = _read_plots(folder / "items.csv")
+    contents, counts = [], {"items": 0, **csv_counts, "empty_plot": 0, "no_text": 0, "no_poster": 0}
     with open(folder / f"{name}.item", encoding="utf-8", errors="replace") as f:
         header = f.readline().rstrip("\n").split("\t")
         columns = {col.split(":")[0]: i for i, col in enumerate(header)}
