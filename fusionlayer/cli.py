@@ -1,6 +1,8 @@
 """Command line: ``fusionlayer encode | demo | bench``.
 
     fusionlayer encode --dataset ml-100k --modality text [--encoder minilm] [--data-dir DIR] [--cache-dir DIR]
+    fusionlayer encode --dataset NAME --data-dir DIR --modality text --text-fields title,description [--template ...]
+    fusionlayer encode --dataset NAME --data-dir DIR --modality image --image-dir DIR | --image-field FIELD
     fusionlayer demo [--epochs 2]
     fusionlayer bench compat [--quick] ...      (python -m benchmarks.compat, from the source checkout's root)
     fusionlayer bench scaling [--quick] ...     (python -m benchmarks.scaling)
@@ -26,14 +28,18 @@ __all__ = ["main"]
 
 
 def _encode(args: argparse.Namespace) -> int:
+    from fusionlayer.data.content import ContentSpec
     from fusionlayer.encoders import encode_items
 
     options = {"batch_size": args.batch_size, "device": args.device, "progress": not args.no_progress}
     if args.modality == "text":
         options["local_files_only"] = not args.download
+    given = {k: getattr(args, k) for k in ("text_fields", "template", "text_file", "token_field", "image_dir",
+                                           "image_field", "image_root") if getattr(args, k) is not None}
+    content = ContentSpec(**given) if given else None
     start = time.perf_counter()
     result = encode_items(args.dataset, args.modality, args.encoder, data_root=args.data_dir,
-                          cache_dir=args.cache_dir, **options)
+                          cache_dir=args.cache_dir, content=content, **options)
     stats, content = result.stats, result.stats.get("content", {})
     print(f"{args.dataset} {args.modality} with {result.meta['encoder']}: {len(result.tokens)} items x {result.dim} "
           f"({'cache hit' if stats['hit'] else 'encoded ' + str(stats['encoded'])}, reused {stats['reused']}, "
@@ -95,6 +101,16 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
     return module.main(rest)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionlayer", description="Multi-modal fusion for sequential recommenders.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,12 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          epilog=f"encoder presets:\n{presets}\nor a model name/path: text: a transformers hub name "
                                 "or local directory; image: timm:<model>[@<checkpoint>] or open_clip:<model>[@<tag|checkpoint>]")
-    enc.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
+    enc.add_argument("--dataset", default="ml-100k",
+                     help="the dataset's name: its folder under --data-dir holds <name>.inter and <name>.item "
+                          "(ml-100k and ml-1m have built-in content; others need the content options below)")
     enc.add_argument("--modality", required=True, choices=["text", "image"])
+    enc.add_argument("--text-fields", default=None, help="comma-separated columns of <name>.item (or --text-file) "
+                                                          "joined into each item's text, e.g. title,description")
+    enc.add_argument("--template", default=None, help="how the fields are joined, e.g. '{title}. {categories}. {description}' "
+                                                       "(default: the non-empty fields joined by '. ')")
+    enc.add_argument("--text-file", default=None, help="a CSV/TSV/Parquet file in the dataset folder with the text "
+                                                        "columns, keyed by the item token (default: <name>.item)")
+    enc.add_argument("--token-field", default=None, help="the --text-file column holding the item token (default: item_id)")
+    enc.add_argument("--image-dir", default=None, help="a folder (relative to the dataset folder) of <token>.<jpg|png|...>")
+    enc.add_argument("--image-field", default=None, help="a column of image paths relative to --image-root (URLs are refused)")
+    enc.add_argument("--image-root", default=None, help="where --image-field paths start (default: the dataset folder)")
     enc.add_argument("--encoder", default=None, help="preset or model name/path (default: minilm for text, effnet-lite0 for image)")
     enc.add_argument("--data-dir", default=data_default, help="folder holding <dataset>/ (default ../shared/datasets)")
     enc.add_argument("--cache-dir", default=cache_default, help="feature cache root (default ~/.cache/fusionlayer)")
-    enc.add_argument("--batch-size", type=int, default=32)
+    enc.add_argument("--batch-size", type=_positive_int, default=32)
     enc.add_argument("--device", default="cpu")
     enc.add_argument("--download", action="store_true", help="allow hub downloads for text models (default: offline, fail fast)")
     enc.add_argument("--no-progress", action="store_true")
@@ -134,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning)
     if args.command == "encode":
-        return _encode(args)
+        try:
+            return _encode(args)
+        except (ValueError, KeyError, FileNotFoundError, PermissionError) as exc:  # the user's input: say what, not where
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"fusionlayer encode: error: {message}", file=sys.stderr)
+            return 2
     if args.command == "demo":
         return _demo(args)
     return _bench(args, rest)

