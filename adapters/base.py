@@ -136,6 +136,7 @@ class FusionAdapter(nn.Module):
     candidate_embeddings: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()
     entry_points: tuple[str, ...] = ("forward", "calculate_loss", "predict", "full_sort_predict")
+    item_tables: tuple[str, ...] = ()  # every item-indexed embedding of the model (default: the candidate ones)
     id_stream_dim_attr: str = "hidden_size"
     default_options: dict[str, Any] = {}  # this backbone's defaults over AdapterOptions' own
 
@@ -165,6 +166,14 @@ class FusionAdapter(nn.Module):
         for linear in [self.user_out, *self.item_out.values()]:
             if linear is not None:
                 nn.init.zeros_(linear.weight)  # freshly attached == base model
+        # Items whose ID embedding carries nothing: never seen in training (from ``dataset``) or added later.
+        cold = torch.zeros(present.shape[0], dtype=torch.bool)
+        seen = self.training_items(dataset, present.shape[0])
+        if seen is not None:
+            cold = ~seen
+            cold[0] = False
+        self.register_buffer("cold_items", cold.unsqueeze(1), persistent=False)
+        self.item_tokens = list(dataset.field2id_token[dataset.iid_field]) if hasattr(dataset, "field2id_token") else None
         self._model_ref: list[nn.Module] = []  # the host model, kept out of the module tree
         self._memo: dict[str, tuple[tuple, Any]] = {}  # inference cache, see the module docstring
         self._scope: dict[str, Any] | None = None  # values shared within one entry-point call
@@ -246,9 +255,38 @@ class FusionAdapter(nn.Module):
                               lambda: out(self.item_content()) if scale == 1 else out(self.item_content()) * scale)
 
     def fused_weight(self, name: str, base_weight: torch.Tensor) -> torch.Tensor:
-        """``base_weight + item_delta(name)``: the weight host code reads from a wrapped embedding."""
-        inputs = [*self._content_inputs(), self.item_out[name].weight, base_weight]
-        return self._memoised(f"weight:{name}", inputs, lambda: base_weight + self.item_delta(name))
+        """``base_weight + item_delta(name)``: the weight host code reads from a wrapped embedding.
+
+        With ``cold_dropout``, the ID part of cold items is zero (content alone), and in training a
+        fresh random share of items loses its ID part for the whole step (DropoutNet).
+        """
+        inputs = [*self._content_inputs(), self.item_out[name].weight, base_weight, self.cold_items]
+        return self._memoised(f"weight:{name}", inputs, lambda: self._id_part(base_weight) + self.item_delta(name))
+
+    def _id_part(self, base_weight: torch.Tensor) -> torch.Tensor:
+        rate = self.options.cold_dropout
+        if rate <= 0:
+            return base_weight
+        hidden = self.cold_items
+        if self.training and torch.is_grad_enabled():
+            key = "cold_draw"  # one draw per entry-point call: every read of the step sees the same items hidden
+            if self._scope is not None and key in self._scope:
+                draw = self._scope[key]
+            else:
+                draw = torch.rand(hidden.shape, device=hidden.device) < rate
+                if self._scope is not None:
+                    self._scope[key] = draw
+            hidden = hidden | draw
+        return base_weight.masked_fill(hidden, 0.0)
+
+    @staticmethod
+    def training_items(dataset: Any, n_items: int) -> torch.Tensor | None:
+        """(n_items,) bool: items with at least one interaction in ``dataset`` (None without one)."""
+        inter = getattr(dataset, "inter_feat", None)
+        if inter is None:
+            return None
+        ids = torch.as_tensor(inter[dataset.iid_field]).long()
+        return torch.bincount(ids, minlength=n_items)[:n_items] > 0
 
     def fuse_history(self, item_seq: torch.Tensor, *, id_table: torch.Tensor | None = None,
                      id_sequence: torch.Tensor | None = None) -> torch.Tensor:
@@ -278,6 +316,31 @@ class FusionAdapter(nn.Module):
                 "the fusion's output weights are still exactly zero after 2 training steps: the optimiser does not "
                 "update them. Build RecBole's Trainer (or your optimiser) after fusionlayer.attach(model, ...), "
                 "so that it holds the fusion parameters.", UserWarning, stacklevel=4)
+
+    # ---------------------------------------------------------------- growing the catalogue
+    def add_items(self, tables: Mapping[str, torch.Tensor], tokens: list[str]) -> list[int]:
+        """Append items known only by their content; returns their new internal ids (see ``fusionlayer.add_items``)."""
+        model, n_new = self.model, len(tokens)
+        reference = next(iter(self.normalized_tables().values()))
+        normed = self.fusion.normalize_tables({k: t.to(reference) for k, t in tables.items()})
+        present = torch.zeros(n_new, 1, dtype=torch.bool, device=reference.device)
+        for name in self.modalities:
+            setattr(self, f"normed_{name}", torch.cat([getattr(self, f"normed_{name}"), normed[name]]))
+            present |= (tables[name] != 0).any(dim=1, keepdim=True).to(present.device)
+        self.item_present = torch.cat([self.item_present, present])
+        self.cold_items = torch.cat([self.cold_items, torch.ones_like(present)])  # no ID embedding: content alone
+        for name in self.item_tables or self.candidate_embeddings:
+            embedding = getattr(model, name)
+            embedding = getattr(embedding, "base_layer", embedding)
+            with torch.no_grad():  # same Parameter object, more rows (zero: the new items have no ID signal)
+                embedding.weight.data = torch.cat([embedding.weight.data, embedding.weight.data.new_zeros(n_new, embedding.embedding_dim)])
+            embedding.num_embeddings += n_new
+        first = int(model.n_items)
+        model.n_items = first + n_new
+        if self.item_tokens is not None:
+            self.item_tokens.extend(tokens)
+        self.clear_cache()
+        return list(range(first, first + n_new))
 
     # ---------------------------------------------------------------- install / uninstall
     @property

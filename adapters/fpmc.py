@@ -28,6 +28,7 @@ __all__ = ["FPMCAdapter"]
 
 class FPMCAdapter(FusionAdapter):
     candidate_embeddings = ("IU_emb", "IL_emb")
+    item_tables = ("IU_emb", "IL_emb", "LI_emb")
     overrides = ("forward", "calculate_loss", "full_sort_predict")
     id_stream_dim_attr = "embedding_size"
 

@@ -20,7 +20,8 @@ from fusionlayer.features import as_feature_tables
 
 
 __all__ = ["attach", "detach", "register_adapter", "list_adapters", "get_adapter", "count_parameters",
-           "fusion_state_dict", "load_fusion_state_dict", "backbone_state_dict", "load_backbone_state_dict", "is_attached"]
+           "fusion_state_dict", "load_fusion_state_dict", "backbone_state_dict", "load_backbone_state_dict", "is_attached",
+           "add_items"]
 
 def is_attached(model: nn.Module) -> bool:
     return isinstance(getattr(model, "_modules", {}).get("fusion_adapter"), nn.Module)
@@ -144,3 +145,41 @@ def load_backbone_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
         raise ValueError(f"state_dict does not fit {type(model).__name__}: missing {missing[:5]}, unexpected "
                          f"{extra[:5]}; pass the state_dict of a plain {type(model).__name__} built on the same dataset")
     return model
+
+
+def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str]) -> list[int]:
+    """Add items to an attached model without retraining; returns their internal ids (``n_items`` onwards).
+
+    The new items have no ID embedding (zero rows) and are scored from their content alone, in
+    ``full_sort_predict`` (new columns at the end) and ``predict``; existing items' scores do not change.
+    Train with ``attach(..., cold_dropout=0.3)`` (or similar) so that content alone scores well.
+
+    Args:
+        model: an attached model.
+        features: ``{modality: (len(tokens), D)}`` rows for exactly the modalities the model was attached
+            with, e.g. ``FeatureStore(...).get(...)`` rows of the new tokens (float, finite).
+        tokens: the new items' tokens (unique; none may already be in the model's dataset).
+
+    Raises:
+        ValueError: not attached, empty/duplicate/existing tokens, wrong modalities, rows or widths, NaN/Inf.
+    """
+    if not is_attached(model):
+        raise ValueError(f"{type(model).__name__} has no fusion layer attached; attach(model, features) first")
+    adapter = model.fusion_adapter
+    tokens = [str(t) for t in tokens] if not isinstance(tokens, str) else [tokens]
+    if not tokens:
+        raise ValueError("tokens is empty; give one token per new item")
+    repeated = sorted({t for t in tokens if tokens.count(t) > 1})
+    if repeated:
+        raise ValueError(f"duplicate tokens {repeated[:5]}; each new item needs a unique token")
+    existing = sorted(set(tokens) & set(adapter.item_tokens or []))
+    if existing:
+        raise ValueError(f"tokens {existing[:5]} already exist in the model's catalogue; add only new items")
+    widths = {name: int(getattr(adapter, f"normed_{name}").shape[1]) for name in adapter.modalities}
+    rows = {name: getattr(getattr(value, "features", value), "shape", (None,))[0] for name, value in features.items()} \
+        if isinstance(features, Mapping) else {}
+    wrong = {name: n for name, n in rows.items() if n != len(tokens)}
+    if wrong:
+        raise ValueError(f"features have {wrong} rows for {len(tokens)} tokens; give one row per new item")
+    tables = as_feature_tables(features, len(tokens), expected_dims=widths)
+    return adapter.add_items(tables, tokens)

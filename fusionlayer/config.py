@@ -108,9 +108,14 @@ class AdapterOptions:
     output_dropout: float = 0.2  # on the fused history vector before user_out
     output_scale: float = 1.0  # alpha on both zero-initialised outputs: under Adam, the fusion's own step size
     side: str = "both"  # where content enters: "both", "history" (user/sequence side), "candidate" (item side)
+    cold_dropout: float = 0.0  # training: hide this share of items' ID embeddings per step (DropoutNet); > 0 also
+    # scores items never seen in training (and items added later) from content alone
 
     def __post_init__(self) -> None:
-        _check_numbers(self, output_dropout="in [0, 1)", output_scale="> 0")
+        _check_numbers(self, output_dropout="in [0, 1)", output_scale="> 0", cold_dropout="in [0, 1)")
+        if self.cold_dropout > 0 and self.side == "history":
+            raise ValueError("cold_dropout hides candidate items' ID embeddings, but side='history' leaves the candidate "
+                             "side without content; use side='both' or 'candidate'")
         if self.side not in SIDES:
             raise ValueError(f"side must be one of {list(SIDES)}, got {self.side!r}")
         self.fusion_config({"id": 1}, 1)  # the FusionConfig checks, now rather than at install time
@@ -125,7 +130,7 @@ class AdapterOptions:
         return replace(cls(**dict(defaults or {})), **dict(options))
 
     def fusion_config(self, modality_dims: Mapping[str, int], default_max_seq_length: int) -> FusionConfig:
-        adapter_only = {"output_dropout", "output_scale", "side", "max_seq_length"}
+        adapter_only = {"output_dropout", "output_scale", "side", "max_seq_length", "cold_dropout"}
         values = {k: v for k, v in asdict(self).items() if k not in adapter_only}
         return FusionConfig(modality_dims=dict(modality_dims), max_seq_length=self.max_seq_length or default_max_seq_length,
                             **values)

@@ -1,0 +1,117 @@
+"""New items: cold-item training (DropoutNet-style ID dropout) and growing an attached model's catalogue."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import fusionlayer
+from conftest import build, random_features
+from test_attach import backbone_class
+
+pytestmark = pytest.mark.needs_ml100k
+BACKBONES = ["SASRec", "GRU4Rec", "FPMC", "BPR"]
+
+
+@pytest.fixture(scope="module")
+def data(tiny_root, tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            config, train, valid, test = build(backbone_class(name), tiny_root, tmp_path_factory.mktemp(name))
+            cache[name] = (config, train, test, next(iter(train)), next(iter(test))[0])
+        return cache[name]
+
+    return get
+
+
+def attached(name, data, **options):
+    config, train, test, batch, eval_batch = data(name)
+    torch.manual_seed(0)
+    model = backbone_class(name)(config, train.dataset)
+    fusionlayer.attach(model, random_features(train.dataset.item_num), dataset=train.dataset, **options)
+    with torch.no_grad():  # trained-looking gates, so content counts in the scores
+        for p in model.fusion_adapter.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.2)
+    return model, train, batch, eval_batch
+
+
+def new_rows(n, seed=1):
+    feats = random_features(n + 1, seed=seed)
+    return {k: v[1:] for k, v in feats.items()}
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_added_items_are_scored_and_old_scores_do_not_change(name, data):
+    model, train, batch, eval_batch = attached(name, data, cold_dropout=0.3)
+    model.eval()
+    with torch.no_grad():
+        before = model.full_sort_predict(eval_batch).view(len(eval_batch), -1)
+    n_old = model.n_items
+    start = time.perf_counter()
+    ids = fusionlayer.add_items(model, new_rows(100), [f"new{i}" for i in range(100)])
+    seconds = time.perf_counter() - start
+    assert ids == list(range(n_old, n_old + 100)) and model.n_items == n_old + 100
+    with torch.no_grad():
+        after = model.full_sort_predict(eval_batch).view(len(eval_batch), -1)
+    assert after.shape[1] == n_old + 100
+    assert torch.equal(after[:, :n_old], before)  # old items: bit for bit
+    assert torch.isfinite(after[:, n_old:]).all() and after[:, n_old:].std() > 0  # new items: scored from content
+    pair = batch.copy(batch) if hasattr(batch, "copy") else batch
+    item_field = model.ITEM_ID if hasattr(model, "ITEM_ID") else "item_id"
+    pair[item_field] = torch.full_like(pair[item_field], ids[0])
+    with torch.no_grad():
+        assert torch.isfinite(model.predict(pair)).all()
+    print(f"{name}: added 100 items in {seconds * 1e3:.1f} ms")
+
+
+@pytest.mark.parametrize("case, features, tokens, words", [
+    ("wrong width", {"text": torch.randn(2, 5), "image": torch.randn(2, 40)}, ["a", "b"], "width 5, expected 24"),
+    ("NaN", {"text": torch.full((2, 24), float("nan")), "image": torch.randn(2, 40)}, ["a", "b"], "NaN/Inf"),
+    ("duplicate tokens", {"text": torch.randn(2, 24), "image": torch.randn(2, 40)}, ["a", "a"], "duplicate tokens"),
+    ("existing token", {"text": torch.randn(1, 24), "image": torch.randn(1, 40)}, ["1"], "already exist"),
+    ("rows", {"text": torch.randn(3, 24), "image": torch.randn(3, 40)}, ["a", "b"], "one row per new item"),
+    ("modality", {"text": torch.randn(2, 24)}, ["a", "b"], r"missing: \['image'\]"),
+])
+def test_add_items_errors(case, features, tokens, words, data):
+    model, *_ = attached("SASRec", data)
+    n = model.n_items
+    with pytest.raises(ValueError, match=words):
+        fusionlayer.add_items(model, features, tokens)
+    assert model.n_items == n
+
+
+def test_cold_dropout_hides_ids_in_training_only_for_a_share_and_cold_items_always(data):
+    model, train, batch, _ = attached("SASRec", data, cold_dropout=0.5)
+    adapter = model.fusion_adapter
+    base = model.item_embedding.base_layer.weight
+    seen = adapter.training_items(train.dataset, model.n_items)
+    assert torch.equal(adapter.cold_items.squeeze(1)[1:], ~seen[1:])  # never-seen items are flagged cold
+    model.eval()
+    with torch.no_grad():
+        id_part = model.item_embedding.weight - adapter.item_delta("item_embedding")
+    cold = adapter.cold_items.squeeze(1).clone()
+    assert torch.equal(id_part[cold], torch.zeros_like(id_part[cold]))
+    torch.testing.assert_close(id_part[~cold], base[~cold].detach())  # (x + d) - d: float rounding only
+    fusionlayer.add_items(model, new_rows(3), ["n1", "n2", "n3"])  # added items are cold: content alone
+    assert adapter.cold_items[-3:].all() and not adapter.cold_items[:-3].squeeze(1).ne(cold).any()
+    model.train()
+    hidden = []
+    for _ in range(5):
+        weight = model.item_embedding.weight
+        hidden.append(((weight - adapter.item_delta("item_embedding")) == 0).all(dim=1).float().mean().item())
+    assert all(0.3 < h < 0.7 for h in hidden)  # about half the items lose their ID part per training call
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_cold_dropout_needs_the_candidate_side(data):
+    config, train, *_ = data("SASRec")
+    model = backbone_class("SASRec")(config, train.dataset)
+    with pytest.raises(ValueError, match="cold_dropout hides candidate items"):
+        fusionlayer.attach(model, random_features(train.dataset.item_num), side="history", cold_dropout=0.2)
