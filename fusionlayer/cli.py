@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "encode":
         try:
             return _encode(args)
-        except (ValueError, KeyError, FileNotFoundError, PermissionError) as exc:  # the user's input: say what, not where
+        except (ValueError, KeyError, FileNotFoundError, PermissionError, RuntimeError) as exc:  # say what, not where
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             print(f"fusionlayer encode: error: {message}", file=sys.stderr)
             return 2

@@ -13,6 +13,7 @@ from fusionlayer import patch_recbole
 from fusionlayer.recbole_compat import NUMPY_ALIASES
 
 
+@pytest.mark.needs_ml100k
 def test_numpy_aliases_restored_and_config_builds(tiny_root):
     patch_recbole()
     for name, value in NUMPY_ALIASES.items():

@@ -51,8 +51,8 @@ def encode_items(dataset: str, modality: str, encoder: str | None = None, *, dat
     if content is not None and not (content.wants_text if modality == "text" else content.image_dir or content.image_field):
         raise ValueError(f"no {modality} source given for {dataset!r}: pass "
                          + ("text_fields=[...] or template=..." if modality == "text" else "image_dir=... or image_field=..."))
+    enc = build_encoder(modality, encoder, **options)  # a bad encoder name fails before any file is read
     contents, counts = item_contents(dataset, data_root, content)
-    enc = build_encoder(modality, encoder, **options)
     inputs = [c.text if modality == "text" else c.poster for c in contents]
     result = FeatureStore(cache_dir or default_cache_dir()).get(dataset, modality, enc, [c.token for c in contents], inputs)
     result.stats["content"] = counts
