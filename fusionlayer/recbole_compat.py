@@ -16,6 +16,8 @@ before it touches RecBole, and users who build RecBole objects themselves can ca
    RecBole's checkpoints hold (``Config``, RecBole's enums, model classes as values, tensors,
    numpy scalars, ``torch.device``) and refuses anything else, so a checkpoint someone hands you
    cannot run code. torch itself is left alone.
+5. RecBole's distributed training hard-codes nccl and CUDA devices; without CUDA it runs on gloo
+   (:func:`_distributed_on_cpu`).
 4. ``Dataset.build`` (``recbole/data/dataset/dataset.py``) returns the train/valid/test splits as
    shallow copies with nothing that tells them from the full dataset. We mark each with its role
    (``_fusionlayer_split``), so ``attach(bpr, ..., dataset=...)`` can refuse a dataset that holds
@@ -164,12 +166,63 @@ def _tag_split_roles() -> None:
     Dataset.build = build
 
 
+def _distributed_on_cpu() -> None:
+    """RecBole's distributed path on machines without CUDA: gloo instead of its hard-coded nccl.
+
+    ``Config._init_device`` (``recbole/config/configurator.py`` lines 497-511) calls
+    ``init_process_group(backend="nccl")`` and puts each rank on ``cuda:<local_rank>``, and
+    ``AbstractTrainer.__init__`` (``recbole/trainer/trainer.py`` line 62) wraps the model in
+    ``DistributedDataParallel(device_ids=[local_rank])``, which refuses a CPU module. Where CUDA is
+    not available, the first runs with ``backend="gloo"`` and the device set to the CPU, and the second
+    without ``device_ids``. On GPUs both are RecBole's own code, nccl included.
+    """
+    import torch.distributed as dist
+    from recbole.config import configurator
+    from recbole.trainer import trainer as trainer_module
+
+    if getattr(configurator.Config._init_device, "_fusionlayer_gloo", False):
+        return
+    init_device = configurator.Config._init_device
+
+    @functools.wraps(init_device)
+    def _init_device(self):
+        if torch.cuda.is_available() or "local_rank" not in self.final_config_dict:
+            return init_device(self)
+        original_init, original_set_device = dist.init_process_group, torch.cuda.set_device
+        dist.init_process_group = functools.partial(_gloo_init, original_init)
+        torch.cuda.set_device = lambda device: None
+        try:
+            init_device(self)
+        finally:
+            dist.init_process_group, torch.cuda.set_device = original_init, original_set_device
+        self.final_config_dict["device"] = torch.device("cpu")
+
+    _init_device._fusionlayer_gloo = True
+    configurator.Config._init_device = _init_device
+
+    abstract_init = trainer_module.AbstractTrainer.__init__
+
+    @functools.wraps(abstract_init)
+    def __init__(self, config, model):
+        if config["single_spec"] or config["device"].type == "cuda":
+            return abstract_init(self, config, model)
+        self.config, self.model = config, model
+        self.distributed_model = trainer_module.DistributedDataParallel(self.model)  # CPU: no device_ids
+
+    trainer_module.AbstractTrainer.__init__ = __init__
+
+
+def _gloo_init(original, backend=None, **kwargs):
+    return original(backend="gloo", **kwargs)
+
+
 @functools.cache
 def _patch_once() -> None:
     _patch_numpy()
     _patch_trainer_load()
     _import_sequential_models_without_anomaly_detection()
     _tag_split_roles()
+    _distributed_on_cpu()
 
 
 def patch_recbole() -> None:
