@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-__all__ = ["names", "results_file"]
+__all__ = ["names", "reply", "results_file", "set_threads"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -22,3 +23,17 @@ def names(parser: argparse.ArgumentParser, text: str, allowed: list[str], flag: 
 def results_file(stem: str, device: str, quick: bool = False) -> Path:
     """``benchmarks/results/<stem>-<cpu|cuda>[-quick].json``."""
     return RESULTS / f"{stem}-{'cuda' if device.startswith('cuda') else 'cpu'}{'-quick' if quick else ''}.json"
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads``: torch's intra-op threads for this process (None keeps torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def reply(row: dict) -> int:
+    """A worker subprocess's answer to its parent: one JSON line on stdout; the exit status."""
+    print(json.dumps(row), flush=True)
+    return 0

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks import compat
-from benchmarks.cli_args import names
+from benchmarks.cli_args import names, set_threads
 from benchmarks.provenance import provenance
 from benchmarks.queue import append_result, read_results
 from benchmarks.ranking import metrics_from_ranks, rank_users
@@ -183,8 +183,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("recbole").setLevel(logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     hparams = compat.load_hparams()
     args.work = Path(tempfile.mkdtemp(prefix="fusionlayer-coldstart-"))
     try:

@@ -33,9 +33,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from benchmarks.cli_args import names
+from benchmarks.cli_args import names, set_threads
 from benchmarks.models import BACKBONES, MODELS, model_class, variants
 from benchmarks.queue import append_result, claim_run, read_results, run_key
 from benchmarks.ranking import metrics_from_ranks, rank_users, summarise
@@ -244,8 +243,7 @@ def main(argv=None) -> int:
     for name in ("recbole", "fusionlayer.data", "fusionlayer.encoders", "fusionlayer.adapters"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.workers > 1:
         return run_workers(args, sys.argv[1:] if argv is None else list(argv))
     hparams = load_hparams()

@@ -16,11 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-HERE = Path(__file__).resolve().parent
 from benchmarks.provenance import atomic_write_json, provenance
 from fusionlayer.encoders import encode_items
+
+HERE = Path(__file__).resolve().parent
 
 TARGETS_S = {"text": 15.0, "image": 300.0, "hit": 1.0}
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+from benchmarks.cli_args import set_threads
 from benchmarks.provenance import atomic_write_json, provenance
 from benchmarks.synthetic import build_model, synthetic_batch
 
@@ -59,8 +60,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown models {unknown}; choose from {MODELS}")
     if args.calls < 2:
         parser.error(f"--calls must be >= 2, got {args.calls}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     rows = []
     for name in models:
         rows.append(measure(name, args.calls))

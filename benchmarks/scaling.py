@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
 HERE = Path(__file__).resolve().parent
-from benchmarks.cli_args import names, results_file
+from benchmarks.cli_args import names, reply, results_file, set_threads
 from benchmarks.provenance import atomic_write_json, device_name, provenance
 from fusionlayer import FeatureFusionLayer
 
@@ -400,12 +400,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args._point:
         contender, L = args._point
-        print(json.dumps(measure_point(contender, int(L), args.batch, args.device, args.repeats, args.budget_s)))
-        return 0
+        return reply(measure_point(contender, int(L), args.batch, args.device, args.repeats, args.budget_s))
     device = device_name(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}", flush=True)
     gemm = gemm_gflops(args.device)

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.compat import load_hparams
-from benchmarks.cli_args import names, results_file
+from benchmarks.cli_args import names, reply, results_file, set_threads
 from benchmarks.models import BACKBONES
 from benchmarks.provenance import provenance
 from fusionlayer.encoders.cache import atomic_write_bytes
@@ -266,15 +266,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.worker:
         import logging
 
         logging.disable(logging.WARNING)
         model_name, variant = args.worker.split(":")
-        print(json.dumps(measure(model_name, variant, args)), flush=True)
-        return 0
+        return reply(measure(model_name, variant, args))
     before = json.loads(args.before.read_text()) if args.before else None
     if args.markdown_only:
         atomic_write_bytes(args.out.with_suffix(".md"), markdown(json.loads(args.out.read_text()), before).encode())

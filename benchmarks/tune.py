@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import compat
-from benchmarks.cli_args import names
+from benchmarks.cli_args import names, set_threads
 from benchmarks.models import BACKBONES
 from benchmarks.provenance import atomic_write_json, provenance
 
@@ -97,10 +97,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in ("recbole", "fusionlayer"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     space = load_space()
     if not args.pick:
         run(args, space)

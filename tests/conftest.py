@@ -47,6 +47,29 @@ def build(model_class, tiny_root, tmp_path, **overrides):
     return config, train, valid, test
 
 
+def backbone_class(name):
+    """The RecBole class of one of the four backbones ``attach()`` supports."""
+    fusionlayer.patch_recbole()
+    from recbole.model.general_recommender import BPR
+    from recbole.model.sequential_recommender import FPMC, GRU4Rec, SASRec
+
+    return {"SASRec": SASRec, "GRU4Rec": GRU4Rec, "FPMC": FPMC, "BPR": BPR}[name]
+
+
+@pytest.fixture(scope="module")
+def setups(tiny_root, tmp_path_factory):
+    """``setups(name)`` -> (config, train, valid, test, one fixed training batch), built once per module."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            config, train, valid, test = build(backbone_class(name), tiny_root, tmp_path_factory.mktemp(name))
+            cache[name] = (config, train, valid, test, next(iter(train)))
+        return cache[name]
+
+    return get
+
+
 def random_features(n_items: int, dims=(("text", 24), ("image", 40)), seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     feats = {name: torch.randn(n_items, d, generator=g) for name, d in dims}

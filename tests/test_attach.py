@@ -8,31 +8,10 @@ import pytest
 import torch
 
 import fusionlayer
-from conftest import build, random_features
+from conftest import backbone_class, random_features
 
 pytestmark = pytest.mark.needs_ml100k
 BACKBONES = ["SASRec", "GRU4Rec", "FPMC", "BPR"]
-
-
-def backbone_class(name):
-    fusionlayer.patch_recbole()
-    from recbole.model.general_recommender import BPR
-    from recbole.model.sequential_recommender import FPMC, GRU4Rec, SASRec
-
-    return {"SASRec": SASRec, "GRU4Rec": GRU4Rec, "FPMC": FPMC, "BPR": BPR}[name]
-
-
-@pytest.fixture(scope="module")
-def setups(tiny_root, tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            config, train, valid, test = build(backbone_class(name), tiny_root, tmp_path_factory.mktemp(name))
-            cache[name] = (config, train, valid, test, next(iter(train)))  # one fixed training batch
-        return cache[name]
-
-    return get
 
 
 def fresh(name, setups, **attach_kwargs):

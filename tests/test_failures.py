@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import pickle
 import warnings
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 import fusionlayer
-from fusionlayer import AdapterOptions, FeatureFusionLayer, FusionConfig
+from fusionlayer import FeatureFusionLayer, FusionConfig
 
 
 # ----------------------------------------------------------------------------------- the layer

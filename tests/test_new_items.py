@@ -8,28 +8,15 @@ import pytest
 import torch
 
 import fusionlayer
-from conftest import build, random_features
-from test_attach import backbone_class
+from conftest import backbone_class, random_features
 
 pytestmark = pytest.mark.needs_ml100k
 BACKBONES = ["SASRec", "GRU4Rec", "FPMC", "BPR"]
 
 
-@pytest.fixture(scope="module")
-def data(tiny_root, tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            config, train, valid, test = build(backbone_class(name), tiny_root, tmp_path_factory.mktemp(name))
-            cache[name] = (config, train, test, next(iter(train)), next(iter(test))[0])
-        return cache[name]
-
-    return get
-
-
-def attached(name, data, **options):
-    config, train, test, batch, eval_batch = data(name)
+def attached(name, setups, **options):
+    config, train, _, test, batch = setups(name)
+    eval_batch = next(iter(test))[0]
     torch.manual_seed(0)
     model = backbone_class(name)(config, train.dataset)
     fusionlayer.attach(model, random_features(train.dataset.item_num), dataset=train.dataset, **options)
@@ -46,8 +33,8 @@ def new_rows(n, seed=1):
 
 
 @pytest.mark.parametrize("name", BACKBONES)
-def test_added_items_are_scored_and_old_scores_do_not_change(name, data):
-    model, train, batch, eval_batch = attached(name, data, cold_dropout=0.3)
+def test_added_items_are_scored_and_old_scores_do_not_change(name, setups):
+    model, train, batch, eval_batch = attached(name, setups, cold_dropout=0.3)
     model.eval()
     with torch.no_grad():
         before = model.full_sort_predict(eval_batch).view(len(eval_batch), -1)
@@ -77,16 +64,16 @@ def test_added_items_are_scored_and_old_scores_do_not_change(name, data):
     ("rows", {"text": torch.randn(3, 24), "image": torch.randn(3, 40)}, ["a", "b"], "one row per new item"),
     ("modality", {"text": torch.randn(2, 24)}, ["a", "b"], r"missing: \['image'\]"),
 ])
-def test_add_items_errors(case, features, tokens, words, data):
-    model, *_ = attached("SASRec", data)
+def test_add_items_errors(case, features, tokens, words, setups):
+    model, *_ = attached("SASRec", setups)
     n = model.n_items
     with pytest.raises(ValueError, match=words):
         fusionlayer.add_items(model, features, tokens)
     assert model.n_items == n
 
 
-def test_cold_dropout_hides_ids_in_training_only_for_a_share_and_cold_items_always(data):
-    model, train, batch, _ = attached("SASRec", data, cold_dropout=0.5)
+def test_cold_dropout_hides_ids_in_training_only_for_a_share_and_cold_items_always(setups):
+    model, train, batch, _ = attached("SASRec", setups, cold_dropout=0.5)
     adapter = model.fusion_adapter
     base = model.item_embedding.base_layer.weight
     seen = adapter.training_items(train.dataset, model.n_items)
@@ -110,8 +97,8 @@ def test_cold_dropout_hides_ids_in_training_only_for_a_share_and_cold_items_alwa
     assert torch.isfinite(loss)
 
 
-def test_cold_dropout_needs_the_candidate_side(data):
-    config, train, *_ = data("SASRec")
+def test_cold_dropout_needs_the_candidate_side(setups):
+    config, train, *_ = setups("SASRec")
     model = backbone_class("SASRec")(config, train.dataset)
     with pytest.raises(ValueError, match="cold_dropout hides candidate items"):
         fusionlayer.attach(model, random_features(train.dataset.item_num), side="history", cold_dropout=0.2)
