@@ -387,3 +387,20 @@ def test_non_utf8_plots_are_counted_not_garbled(tmp_path):
     path.write_bytes(b"movie_id,title,overview\n1,A,caf\xe9 plot\n2,B,fine\n")
     plots, counts = _read_plots(path)
     assert plots == {"1": "", "2": "fine"} and counts["non_utf8_csv_rows"] == 1
+
+
+@pytest.mark.parametrize("reader", ["catalogue_content", "load_item_content"])
+def test_a_header_only_item_file_is_a_clear_error_not_an_empty_encode(tmp_path, reader):
+    from fusionlayer.data.content import ContentSpec, catalogue_content
+    from fusionlayer.data.movielens import load_item_content
+
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    (folder / "ml-100k.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t1\t5\t1\n")
+    (folder / "ml-100k.item").write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n")
+    (folder / "items.csv").write_text("movie_id,title,overview\n")
+    with pytest.raises(ValueError, match="header but no item rows"):
+        if reader == "catalogue_content":
+            catalogue_content("ml-100k", tmp_path, ContentSpec(text_fields=("movie_title",)))
+        else:
+            load_item_content("ml-100k", tmp_path)

@@ -137,6 +137,10 @@ def catalogue_content(name: str, data_root: str | Path, spec: ContentSpec) -> tu
         id_field = "item_id" if "item_id" in columns else next((c for c in columns if "item" in c), columns[0])
         catalogue = [{id_field: t} for t in dict.fromkeys(row[id_field] for row in inter)]
     tokens = [row[id_field].strip() for row in catalogue]
+    if not tokens:
+        source = item_file if item_file.is_file() else folder / f"{name}.inter"
+        raise ValueError(f"{source} has a header but no item rows: there is nothing to encode; "
+                         "check that the file is complete (one row per item under the header)")
     duplicates = sorted({t for t in tokens if tokens.count(t) > 1}) if len(set(tokens)) != len(tokens) else []
     if duplicates:
         raise ValueError(f"{item_file.name} lists item token(s) {duplicates[:5]} more than once; each item needs one row")

@@ -277,6 +277,9 @@ def load_item_content(name: str, data_root: str | Path | None = None) -> tuple[l
             counts["no_poster"] += poster is None
             counts["items"] += 1
             contents.append(ItemContent(token=token, text=text, poster=poster))
+    if not contents:
+        raise ValueError(f"{folder / f'{name}.item'} has a header but no item rows: there is nothing to encode; "
+                         "check that the file is complete (one row per item under the header)")
     logger.info("%s item content: %s", name, counts)
     return contents, counts
 
