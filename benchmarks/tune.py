@@ -4,7 +4,7 @@ The space is ``benchmarks/results/tuning/space.json`` (committed before its runs
 one +fusion run of the compatibility benchmark's converged protocol on the space's seed, with one
 ``attach()`` option (or the set of modalities) changed from the defaults. Every finished run appends
 one line to ``benchmarks/results/tuning/<dataset>-<model>.jsonl`` (a re-run skips what is recorded);
-``--pick`` writes ``picks.json``: per backbone, the candidate with the best validation NDCG@10, next
+``--pick`` writes ``picks.json`` and ``report.md``: per backbone, the candidate with the best validation NDCG@10, next
 to the plain baseline's validation NDCG@10 from the main grid when it is there. Test metrics are
 recorded but choose nothing.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks import compat
 from benchmarks.cli_args import names, set_threads
 from benchmarks.models import BACKBONES
-from benchmarks.provenance import atomic_write_json, provenance
+from benchmarks.provenance import atomic_write_bytes, atomic_write_json, provenance
 
 TUNING = compat.RESULTS / "tuning"
 logger = logging.getLogger("fusionlayer.bench.tune")
@@ -82,6 +82,42 @@ def pick(dataset: str, space: dict) -> dict:
     return picks
 
 
+def _pct(value: float, base: float | None) -> str:
+    return f"{100 * (value / base - 1):+.1f} %" if base else "-"
+
+
+def tuning_report(dataset: str, space: dict, picks: dict) -> str:
+    """Every candidate's validation NDCG@10 per backbone, against the default recipe and the plain baseline,
+    with when it peaked (best epoch of epochs run) and its training time; the modalities' contributions."""
+    main = {r["model"]: r for r in compat.read_results(compat.RESULTS / f"compat-{dataset}.jsonl")
+            if r["variant"] == "plain" and int(r["seed"]) == space["seed"] and not r.get("quick")}
+    lines = [f"# +fusion recipe search on {dataset} (seed {space['seed']}, validation only)", "",
+             "Written by `python -m benchmarks.tune --pick` from the runs beside it; the space is `space.json` "
+             "(declared before its runs). Test metrics are recorded in the .jsonl files but choose nothing.", ""]
+    for model, p in picks.items():
+        rows = {r["candidate"]: r for r in compat.read_results(results_path(dataset, model))}
+        default, plain = p["valid_ndcg@10"].get("default"), p["plain_valid_ndcg@10"]
+        lines += [f"## {model}: pick `{p['pick']}`" + ("" if p["complete"] else " (search not complete)"), "",
+                  "| candidate | valid NDCG@10 | vs default | vs plain | best epoch / epochs run | train s |",
+                  "|---|---|---|---|---|---|"]
+        if model in main:
+            r = main[model]
+            lines.append(f"| plain (no fusion) | {plain:.4f} | | | {r.get('best_epoch', '-')} / {r['epochs_run']} | "
+                         f"{r.get('train_seconds', 0):.0f} |")
+        for name, score in sorted(p["valid_ndcg@10"].items(), key=lambda kv: -kv[1]):
+            r = rows[name]
+            lines.append(f"| {name} | {score:.4f} | {_pct(score, default) if name != 'default' else ''} | "
+                         f"{_pct(score, plain)} | {r.get('best_epoch', '-')} / {r['epochs_run']} | "
+                         f"{r.get('train_seconds', 0):.0f} |")
+        both, text, image = (p["valid_ndcg@10"].get(k) for k in ("default", "modalities=text", "modalities=image"))
+        if both and (text or image):
+            lines += ["", "Modalities (validation NDCG@10 lost when one is removed from text + image): "
+                      + "; ".join(f"without {gone}: {_pct(alone, both)}" for gone, alone in (("image", text), ("text", image))
+                                  if alone) + "."]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(BACKBONES))
@@ -103,6 +139,7 @@ def main(argv=None) -> int:
         run(args, space)
     picks = pick(args.dataset, space)
     atomic_write_json(TUNING / "picks.json", {**provenance("benchmarks.tune", argv), "picks": picks})
+    atomic_write_bytes(TUNING / "report.md", tuning_report(args.dataset, space, picks).encode())
     for model, p in picks.items():
         print(f"{model}: pick {p['pick']} ({p['valid_ndcg@10'][p['pick']]:.4f} valid NDCG@10; "
               f"default {p['valid_ndcg@10'].get('default')}, plain {p['plain_valid_ndcg@10']})")

@@ -39,6 +39,9 @@ class ContentSpec:
     image_dir: str | None = None  # a folder of <token>.<ext>
     image_field: str | None = None  # a column of image paths relative to image_root
     image_root: str | None = None  # default: the dataset folder
+    # reads text_file -> (columns, rows, counts of what was wrong); default read_table. MovieLens's items.csv
+    # brings its own (a record that swallows the next ones is repaired and counted).
+    text_reader: Callable[[Path], tuple[list[str], list[dict[str, str]], dict[str, int]]] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.text_fields, str):
@@ -147,12 +150,13 @@ def catalogue_content(name: str, data_root: str | Path, spec: ContentSpec) -> tu
     rows = {t: row for t, row in zip(tokens, catalogue)}
     counts.update({"items": len(tokens), "duplicate_text_rows": 0, "no_text": 0, "no_image": 0})
     if spec.text_file:
-        text_columns, text_rows, text_counts = read_table(folder / spec.text_file)
+        text_columns, text_rows, text_counts = (spec.text_reader or read_table)(folder / spec.text_file)
         key = spec.token_field or id_field
         if key not in text_columns:
             raise KeyError(f"{spec.text_file} has no token column {key!r} (columns {text_columns}); pass token_field")
         _check_template(spec, [*columns, *text_columns], f"{item_file.name} + {spec.text_file}")
-        counts["non_utf8_rows"] += text_counts["non_utf8_rows"]
+        for count, value in text_counts.items():
+            counts[count] = counts.get(count, 0) + value
         extra: dict[str, dict[str, str]] = {}
         for row in text_rows:
             token = row[key].strip()

@@ -195,7 +195,8 @@ def _movielens_text(row) -> str | None:
 def _movielens_content():
     from fusionlayer.data.content import ContentSpec
 
-    return ContentSpec(text_file="items.csv", token_field="movie_id", template=_movielens_text, image_dir="posters")
+    return ContentSpec(text_file="items.csv", token_field="movie_id", template=_movielens_text, image_dir="posters",
+                       text_reader=_read_items_csv)
 
 
 _RECORD_START = re.compile(r"^\d+,")  # an items.csv record starts with its numeric movie_id
@@ -225,61 +226,61 @@ def _csv_rows(text: str) -> tuple[list[dict[str, str]], int]:
     return rows, malformed
 
 
-def _read_plots(csv_path: Path) -> tuple[dict[str, str], dict[str, int]]:
-    """``{movie_id: overview}`` from ``items.csv`` and the counts of what was wrong with it."""
-    counts = {"duplicate_csv_rows": 0, "malformed_csv_lines": 0, "non_utf8_csv_rows": 0}
+def _read_items_csv(csv_path: Path) -> tuple[list[str], list[dict[str, str]], dict[str, int]]:
+    """``items.csv`` as ``(columns, rows, counts)`` for the generic content source: a record that swallowed the
+    ones after it is repaired line by line and counted; a plot with bytes that are not UTF-8 is counted and left
+    out rather than garbled. A missing file is no plots (every item then counts as an empty plot)."""
+    counts = {"malformed_csv_lines": 0, "non_utf8_csv_rows": 0}
     if not csv_path.is_file():
-        return {}, counts
-    rows, counts["malformed_csv_lines"] = _csv_rows(csv_path.read_bytes().decode("utf-8", errors="replace"))
+        return ["movie_id", "overview"], [], counts
+    text = csv_path.read_bytes().decode("utf-8", errors="replace")
+    rows, counts["malformed_csv_lines"] = _csv_rows(text)
+    for row in rows:
+        if "\ufffd" in (row.get("overview") or ""):
+            counts["non_utf8_csv_rows"] += 1
+            row["overview"] = ""
+    for key, value in counts.items():
+        if value:
+            logger.warning("%s: %d %s (those plots are left empty)", csv_path, value, key.replace("_", " "))
+    columns = next(csv.reader([text.splitlines()[0]])) if text.strip() else ["movie_id", "overview"]
+    return columns, rows, counts
+
+
+def _read_plots(csv_path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """``{movie_id: overview}`` from ``items.csv`` (the first row of a duplicated id wins) and its counts."""
+    _, rows, counts = _read_items_csv(csv_path)
     plots: dict[str, str] = {}
+    counts = {"duplicate_csv_rows": 0, **counts}
     for row in rows:
         token = (row.get("movie_id") or "").strip()
-        if token in plots:
-            counts["duplicate_csv_rows"] += 1
-            continue
-        plot = (row.get("overview") or "").strip()
-        if "\ufffd" in plot:  # bytes that are not UTF-8: counted, and the plot is left out rather than garbled
-            counts["non_utf8_csv_rows"] += 1
-            plot = ""
-        plots[token] = plot
-    for key, value in counts.items():
-        if value and key != "duplicate_csv_rows":
-            logger.warning("%s: %d %s (those plots are left empty)", csv_path, value, key.replace("_", " "))
+        counts["duplicate_csv_rows"] += token in plots
+        plots.setdefault(token, (row.get("overview") or "").strip())
     return plots, counts
 
 
 def load_item_content(name: str, data_root: str | Path | None = None) -> tuple[list[ItemContent], dict[str, int]]:
-    """Read every item's text and poster path, in the order of ``<name>.item``.
+    """Read every item's text and poster path, in the order of ``<name>.item``: the generic content source
+    (:func:`fusionlayer.data.content.catalogue_content`) with MovieLens's spec (``items.csv`` plots, ``posters/``).
 
     Returns:
-        The items, and counts of duplicate ``items.csv`` rows, empty plots, items without text and
-        missing posters (also logged).
+        The items, and counts of duplicate ``items.csv`` rows, malformed or non-UTF-8 ``items.csv`` lines,
+        empty plots, items without text and missing posters (also logged).
     """
+    from dataclasses import replace
+
+    from fusionlayer.data.content import catalogue_content
+
     folder = ensure_dataset(name, data_root)
-    plots, csv_counts = _read_plots(folder / "items.csv")
-    contents, counts = [], {"items": 0, **csv_counts, "empty_plot": 0, "no_text": 0, "no_poster": 0}
-    with open(folder / f"{name}.item", encoding="utf-8", errors="replace") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        columns = {col.split(":")[0]: i for i, col in enumerate(header)}
-        for line in f:
-            parts = line.rstrip("\n").split("\t")
-            if not parts or not parts[0]:
-                continue
-            get = lambda key: parts[columns[key]] if key in columns and columns[key] < len(parts) else ""  # noqa: E731
-            token = parts[columns.get("item_id", 0)]
-            title, year = get("movie_title").strip(), get("release_year").strip()
-            plot = plots.get(token, "")
-            counts["empty_plot"] += not plot
-            text = item_text(f"{title} ({year})" if title and year else title, get("class").split(), plot)
-            counts["no_text"] += text is None
-            poster = folder / "posters" / f"{token}.jpg"
-            poster = poster if poster.is_file() else None
-            counts["no_poster"] += poster is None
-            counts["items"] += 1
-            contents.append(ItemContent(token=token, text=text, poster=poster))
-    if not contents:
-        raise ValueError(f"{folder / f'{name}.item'} has a header but no item rows: there is nothing to encode; "
-                         "check that the file is complete (one row per item under the header)")
+    empty_plots = [0]
+
+    def text(row) -> str | None:
+        empty_plots[0] += not (row.get("overview") or "").strip()
+        return _movielens_text(row)
+
+    contents, found = catalogue_content(name, folder.parent, replace(_movielens_content(), template=text))
+    counts = {"items": found["items"], "duplicate_csv_rows": found["duplicate_text_rows"],
+              "malformed_csv_lines": found["malformed_csv_lines"], "non_utf8_csv_rows": found["non_utf8_csv_rows"],
+              "empty_plot": empty_plots[0], "no_text": found["no_text"], "no_poster": found["no_image"]}
     logger.info("%s item content: %s", name, counts)
     return contents, counts
 
