@@ -328,14 +328,16 @@ def readme_section(results: Path, dataset: str) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, section: str) -> None:
-    """Replace the text between the compat markers of ``readme`` (atomically); error if the markers are missing."""
+def update_readme(readme: Path, section: str, block: str = "compat") -> None:
+    """Replace the text between ``<!-- {block}:begin -->`` and ``<!-- {block}:end -->`` in ``readme`` (atomically);
+    error if the markers are missing."""
     text = readme.read_text()
-    begin, end = text.find(README_BEGIN), text.find(README_END)
+    opening, closing = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
+    begin, end = text.find(opening), text.find(closing)
     if begin < 0 or end < begin:
-        raise ValueError(f"{readme} has no '{README_BEGIN}' ... '{README_END}' block; add the two markers on their own "
-                         f"lines where the compatibility table belongs and run again")
-    new = text[:begin + len(README_BEGIN)] + "\n" + section.strip() + "\n" + text[end:]
+        raise ValueError(f"{readme} has no '{opening}' ... '{closing}' block; add the two markers on their own "
+                         f"lines where the {block} table belongs and run again")
+    new = text[:begin + len(opening)] + "\n" + section.strip() + "\n" + text[end:]
     atomic_write_bytes(readme, new.encode())
 
 

@@ -1,0 +1,83 @@
+"""The cold-start benchmark: its held-out item set, the content-only baseline, the report's verdicts, --quick."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import coldstart, coldstart_report
+
+
+def test_cold_items_keep_only_the_users_last_two_interactions(tmp_path):
+    users = np.repeat(np.array(["u1", "u2"]), 6)
+    items = np.array([f"i{k}" for k in range(6)] * 2)
+    times = np.tile(np.arange(6.0), 2)
+    name, cold = coldstart.write_cold_dataset({"user_id": users, "item_id": items, "timestamp": times},
+                                              tmp_path, "toy-cold", cold_seed=3)
+    assert len(cold) == 1  # 10 % of 6 items, at least one
+    lines = (tmp_path / name / f"{name}.inter").read_text().splitlines()[1:]
+    kept = [line.split("\t") for line in lines]
+    (token,) = cold
+    positions = [int(float(t)) for u, i, t in kept if i == token]
+    assert all(p >= 4 for p in positions)  # a cold item survives only as one of a user's last two items
+    assert len(kept) == 12 - sum(1 for k in range(6) if f"i{k}" == token and k < 4) * 2
+
+
+def test_content_knn_ranks_the_item_most_like_the_recent_history_first():
+    table = torch.tensor([[0, 0], [1, 0], [0.9, 0.1], [0, 1], [-1, 0]], dtype=torch.float)
+    scores = coldstart.content_knn_scores({"text": table}, torch.tensor([[1, 0, 0]]))
+    assert scores.shape == (1, 5)
+    assert scores[0, 2] > scores[0, 3] > scores[0, 4]
+
+
+def _row(model, variant, seed, cold, warm, users=(1, 2, 3, 4, 5, 6)):
+    return {"dataset": "ml-100k", "model": model, "variant": variant, "seed": seed, "quick": False,
+            "cold": {"ndcg@10": float(np.mean(cold)), "hit@10": 0.5, "users": len(cold)},
+            "warm": {"ndcg@10": warm, "hit@10": 0.5, "users": 40},
+            "per_user_cold_ndcg": {"user": list(users), "ndcg@10": list(cold)}, "cold_items": 135, "test": {},
+            "commit": "abc", "device": "cpu", "date": f"2026-01-0{seed + 1}", "command": "x"}
+
+
+def test_report_verdicts_follow_the_targets(tmp_path):
+    good = [0.3, 0.4, 0.5, 0.6, 0.3, 0.4]
+    rows = [_row("ContentKNN", "standalone", s, [0.1, 0.1, 0.2, 0.1, 0.0, 0.1], 0.02) for s in (0, 1, 2)]
+    rows += [_row("BPR", "plain", s, [0.01] * 6, 0.070) for s in (0, 1, 2)]
+    rows += [_row("BPR", "fusion", s, [0.05] * 6, 0.070) for s in (0, 1, 2)]
+    rows += [_row("BPR", "fusion+cold", s, good, 0.0695) for s in (0, 1, 2)]
+    rows += [_row("SASRec", "fusion+cold", 0, [0.0] * 6, 0.05), _row("SASRec", "plain", 0, [0.01] * 6, 0.05),
+             _row("SASRec", "fusion", 0, [0.0] * 6, 0.06)]
+    out = tmp_path / "coldstart-ml-100k.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    full, section = coldstart_report.report(out)
+    bpr = next(line for line in full.splitlines() if line.startswith("- **BPR**"))
+    sasrec = next(line for line in full.splitlines() if line.startswith("- **SASRec**"))
+    assert "**not met**" not in bpr and bpr.count(": met") == 3  # beats KNN, 44x plain, warm -0.7 %
+    assert sasrec.count("**not met**") == 3 and "provisional" in sasrec
+    assert out.with_suffix(".png").is_file() and out.with_suffix(".md").read_text() == full
+    assert "| BPR | fusion+cold | 0,1,2 |" in section
+
+
+def test_report_counts_a_duplicated_run_once(tmp_path):
+    rows = [_row("BPR", "plain", 0, [0.01] * 6, 0.07)] * 2
+    with pytest.warns(UserWarning, match="duplicate run"):
+        groups = coldstart_report.group(rows)
+    assert len(groups[("BPR", "plain")]) == 1
+
+
+@pytest.mark.needs_ml100k
+@pytest.mark.slow
+def test_coldstart_quick_end_to_end(tmp_path):
+    out = tmp_path / "coldstart-quick.jsonl"
+    assert coldstart.main(["--quick", "--models", "BPR,ContentKNN", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r["model"], r["variant"]) for r in rows} == {("BPR", "plain"), ("BPR", "fusion"), ("BPR", "fusion+cold"),
+                                                          ("ContentKNN", "standalone")}
+    for row in rows:
+        assert row["cold"]["users"] + row["warm"]["users"] > 0 and row["quick"] is True
+        assert len(row["per_user_cold_ndcg"]["user"]) == row["cold"]["users"]
+        assert {"commit", "device", "date", "command"} <= set(row)
+    full, _ = coldstart_report.report(out, quick=True)
+    assert "not a result" in full
