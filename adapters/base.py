@@ -42,6 +42,7 @@ from torch import nn
 
 from fusionlayer.config import AdapterOptions
 from fusionlayer.fusion import FeatureFusionLayer
+from fusionlayer.reduction import normalize_rows, reduce_table, reduce_tables, row_chunks
 
 __all__ = ["ContentEmbedding", "FusionAdapter"]
 
@@ -79,7 +80,7 @@ class ContentEmbedding(nn.Module):
         return self.base_layer.padding_idx
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.weight, self.padding_idx)
+        return self._adapter.fused_rows(self.adapter_key, self.base_layer, ids)
 
 
 class _Scoped:
@@ -139,24 +140,42 @@ class FusionAdapter(nn.Module):
     item_tables: tuple[str, ...] = ()  # every item-indexed embedding of the model (default: the candidate ones)
     id_stream_dim_attr: str = "hidden_size"
     default_options: dict[str, Any] = {}  # this backbone's defaults over AdapterOptions' own
+    # Content of only the rows a call uses when they are fewer than this share of the catalogue (large
+    # catalogues, pairwise losses); otherwise every item once per call, shared by all reads.
+    rows_fraction: float = 0.5
 
     def __init__(self, model: nn.Module, tables: Mapping[str, torch.Tensor], *, options: AdapterOptions,
                  dataset: Any = None) -> None:
         super().__init__()
         self.options = options
         self.modalities = list(tables)
+        self.feature_dims = {name: int(t.shape[1]) for name, t in tables.items()}  # as given (add_items checks them)
+        given = {t.data_ptr() for t in tables.values()}  # the caller's memory: never written
         present = torch.zeros(next(iter(tables.values())).shape[0], dtype=torch.bool)
         for table in tables.values():
-            present |= table.abs().sum(dim=1) > 0
+            for start, rows in row_chunks(table):
+                present[start:start + len(rows)] |= (rows != 0).any(dim=1)
         present[0] = False  # RecBole's padding id
         self.register_buffer("item_present", present.unsqueeze(1), persistent=False)
+        if options.reduce_features:  # large catalogues: (N, D) -> (N, r) once, in row chunks
+            tables, bases = reduce_tables(tables, options.reduce_features, options.layer_norm_eps)
+            for name, basis in bases.items():
+                self.register_buffer(f"basis_{name}", basis, persistent=False)
+        else:
+            tables = {name: t.float() for name, t in tables.items()}
+            size = sum(t.numel() for t in tables.values()) * 4
+            if size > 4 * 2**30:
+                warnings.warn(f"the normalised feature tables take {size / 2**30:.1f} GiB of float32 memory; for a "
+                              f"catalogue this large pass reduce_features=64 (tables read in chunks, {64 * 4} bytes "
+                              f"per item and modality)", UserWarning, stacklevel=3)
         id_dim = self.id_stream_dim(model)
         self.config = options.fusion_config({"id": id_dim, **{n: t.shape[1] for n, t in tables.items()}},
                                             getattr(model, "max_seq_length", 50))
         H = self.config.hidden_size
         self.fusion = FeatureFusionLayer(config=self.config)
-        for name, table in self.fusion.normalize_tables(tables).items():  # constant: normalised once
-            self.register_buffer(f"normed_{name}", table, persistent=False)
+        for name, table in tables.items():  # constant: normalised once (in place, by rows, where we own it)
+            normed = normalize_rows(table, options.layer_norm_eps, in_place=table.data_ptr() not in given)
+            self.register_buffer(f"normed_{name}", normed, persistent=False)
         self.output_dropout = nn.Dropout(options.output_dropout)
         self.history_on = options.side in ("both", "history")
         self.wrapped = self.candidate_embeddings if options.side in ("both", "candidate") else ()
@@ -264,9 +283,14 @@ class FusionAdapter(nn.Module):
         return self._memoised(f"weight:{name}", inputs, lambda: self._id_part(base_weight) + self.item_delta(name))
 
     def _id_part(self, base_weight: torch.Tensor) -> torch.Tensor:
+        hidden = self._hidden_ids()
+        return base_weight if hidden is None else base_weight.masked_fill(hidden, 0.0)
+
+    def _hidden_ids(self) -> torch.Tensor | None:
+        """(n_items, 1) bool: items whose ID embedding is hidden now (None without ``cold_dropout``)."""
         rate = self.options.cold_dropout
         if rate <= 0:
-            return base_weight
+            return None
         hidden = self.cold_items
         if self.training and torch.is_grad_enabled():
             key = "cold_draw"  # one draw per entry-point call: every read of the step sees the same items hidden
@@ -277,7 +301,30 @@ class FusionAdapter(nn.Module):
                 if self._scope is not None:
                     self._scope[key] = draw
             hidden = hidden | draw
-        return base_weight.masked_fill(hidden, 0.0)
+        return hidden
+
+    def fused_rows(self, name: str, base_layer: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        """``F.embedding(ids, fused_weight(name, ...))``, computing only the rows ``ids`` uses when they are
+        fewer than half the catalogue and the whole weight is not already at hand (pairwise losses and
+        histories over a large catalogue never project every item)."""
+        key = f"weight:{name}"
+        scoped = self._scope is not None and key in self._scope
+        rows_only = self.rows_fraction * base_layer.num_embeddings
+        if scoped or not (torch.is_grad_enabled() or self.training) or ids.numel() >= rows_only:
+            return F.embedding(ids, self.fused_weight(name, base_layer.weight), base_layer.padding_idx)
+        unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+        if unique.numel() >= rows_only:
+            return F.embedding(ids, self.fused_weight(name, base_layer.weight), base_layer.padding_idx)
+        base = F.embedding(unique, base_layer.weight, base_layer.padding_idx)
+        hidden = self._hidden_ids()
+        if hidden is not None:
+            base = base.masked_fill(hidden.index_select(0, unique), 0.0)
+        projected = self.fusion.project_normalized_tables(
+            {m: t.index_select(0, unique) for m, t in self.normalized_tables().items()})
+        content = F.gelu(torch.stack(list(projected.values())).sum(0)) * self.item_present.index_select(0, unique)
+        delta = self.item_out[name](content)
+        rows = base + (delta if self.options.output_scale == 1 else delta * self.options.output_scale)
+        return rows.index_select(0, inverse).view(*ids.shape, -1)
 
     @staticmethod
     def training_items(dataset: Any, n_items: int) -> torch.Tensor | None:
@@ -294,13 +341,24 @@ class FusionAdapter(nn.Module):
 
         Adapters call it only when ``history_on`` (``side`` is ``"both"`` or ``"history"``).
         """
-        tables, sequences = {}, {}
+        tables, sequences, mask = {}, {}, item_seq != 0
+        scoped = self._scope is not None and "projected_tables" in self._scope
+        cached = not (torch.is_grad_enabled() or self.training)  # inference: the whole tables, kept across calls
+        if not (scoped or cached) and item_seq.numel() < self.rows_fraction * self.item_present.shape[0]:
+            # a large catalogue: project only the rows the histories use, indexed by their place among them
+            unique, inverse = torch.unique(item_seq, return_inverse=True)
+            projected = self.fusion.project_normalized_tables(
+                {m: t.index_select(0, unique) for m, t in self.normalized_tables().items()})
+            item_seq = inverse.view_as(item_seq)
+            id_table = id_table.index_select(0, unique) if id_table is not None else None
+        else:
+            projected = self.projected_tables()
         if id_sequence is not None:
             sequences["id"] = id_sequence
         else:
             tables["id"] = id_table
-        fused = self.fusion.forward_items(item_seq, tables, sequences=sequences,
-                                          projected_tables=self.projected_tables(), last_only=True)
+        fused = self.fusion.forward_items(item_seq, tables, sequences=sequences, projected_tables=projected,
+                                          mask=mask, last_only=True)
         out = self.user_out(self.output_dropout(fused))
         return out if self.options.output_scale == 1 else out * self.options.output_scale
 
@@ -322,6 +380,8 @@ class FusionAdapter(nn.Module):
         """Append items known only by their content; returns their new internal ids (see ``fusionlayer.add_items``)."""
         model, n_new = self.model, len(tokens)
         reference = next(iter(self.normalized_tables().values()))
+        tables = {name: reduce_table(t, getattr(self, f"basis_{name}").cpu(), self.options.layer_norm_eps)
+                  if hasattr(self, f"basis_{name}") else t for name, t in tables.items()}
         normed = self.fusion.normalize_tables({k: t.to(reference) for k, t in tables.items()})
         present = torch.zeros(n_new, 1, dtype=torch.bool, device=reference.device)
         for name in self.modalities:

@@ -89,5 +89,9 @@ class BPRAdapter(FusionAdapter):
         if not self.history_on:
             return self.base_get_user_embedding(user)
         users, inverse = torch.unique(user, return_inverse=True)  # a batch repeats users: fuse each once
-        fused = self.fuse_history(self.history[users], id_table=self.model.item_embedding.weight)
+        history, embedding = self.history[users], self.model.item_embedding
+        if history.numel() < self.rows_fraction * embedding.num_embeddings:  # large catalogue: the histories' rows
+            fused = self.fuse_history(history, id_sequence=embedding(history))
+        else:
+            fused = self.fuse_history(history, id_table=embedding.weight)
         return self.base_get_user_embedding(user) + fused[inverse]

@@ -42,13 +42,12 @@ class FPMCAdapter(FusionAdapter):
 
     # The arithmetic below mirrors FPMC's own, op for op, so attached == base at init, bit for bit.
     def fused_forward(self, user, item_seq, item_seq_len, next_item) -> torch.Tensor:
-        weights = (self.model.IU_emb.weight, self.model.IL_emb.weight)
-        return self._score(*self._user_and_last(user, item_seq, item_seq_len), next_item, *weights)
+        return self._score(*self._user_and_last(user, item_seq, item_seq_len), next_item)
 
-    @staticmethod
-    def _score(user_emb, last_emb, next_item, iu_weight, il_weight) -> torch.Tensor:
-        iu_emb = iu_weight[next_item].unsqueeze(1)  # the fused tables are built once per call
-        il_emb = il_weight[next_item].unsqueeze(1)
+    def _score(self, user_emb, last_emb, next_item) -> torch.Tensor:
+        # the candidates' rows (the whole fused tables once per call when a batch covers much of the catalogue)
+        iu_emb = self.model.IU_emb(next_item).unsqueeze(1)
+        il_emb = self.model.IL_emb(next_item).unsqueeze(1)
         mf = torch.matmul(user_emb.unsqueeze(1), iu_emb.permute(0, 2, 1)).squeeze(1)
         fmc = torch.matmul(il_emb, last_emb.permute(0, 2, 1)).squeeze(1)
         return torch.squeeze(mf + fmc)
@@ -58,9 +57,8 @@ class FPMCAdapter(FusionAdapter):
         user_emb, last_emb = self._user_and_last(
             interaction[model.USER_ID], interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
         )
-        weights = (model.IU_emb.weight, model.IL_emb.weight)
-        pos_score = self._score(user_emb, last_emb, interaction[model.POS_ITEM_ID], *weights)
-        neg_score = self._score(user_emb, last_emb, interaction[model.NEG_ITEM_ID], *weights)
+        pos_score = self._score(user_emb, last_emb, interaction[model.POS_ITEM_ID])
+        neg_score = self._score(user_emb, last_emb, interaction[model.NEG_ITEM_ID])
         return model.loss_fct(pos_score, neg_score)
 
     def fused_full_sort_predict(self, interaction) -> torch.Tensor:

@@ -29,11 +29,11 @@ class SyntheticDataset:
 
     uid_field, iid_field, time_field = "user_id", "item_id", "timestamp"
 
-    def __init__(self, n_inter: int = 20_000, seed: int = 0) -> None:
+    def __init__(self, n_inter: int = 20_000, seed: int = 0, n_items: int = N_ITEMS, n_users: int = N_USERS) -> None:
         g = torch.Generator().manual_seed(seed)
-        self.user_num, self.item_num = N_USERS, N_ITEMS
-        self.inter_feat = {"user_id": torch.randint(1, N_USERS, (n_inter,), generator=g),
-                           "item_id": torch.randint(1, N_ITEMS, (n_inter,), generator=g),
+        self.user_num, self.item_num = n_users, n_items
+        self.inter_feat = {"user_id": torch.randint(1, n_users, (n_inter,), generator=g),
+                           "item_id": torch.randint(1, n_items, (n_inter,), generator=g),
                            "timestamp": torch.rand(n_inter, generator=g)}
 
     def num(self, field: str) -> int:
@@ -54,7 +54,9 @@ def features(seed: int = 0) -> dict[str, torch.Tensor]:
     return out
 
 
-def build_model(name: str, variant: str, L: int):
+def build_model(name: str, variant: str, L: int, n_items: int = N_ITEMS, feature_tables=None, **attach_options):
+    """A RecBole model on a synthetic catalogue of ``n_items`` ids; ``variant="fusion"`` attaches
+    ``feature_tables`` (default: random ML-100K-sized ones) with ``attach_options``."""
     import fusionlayer
 
     fusionlayer.patch_recbole()
@@ -62,13 +64,14 @@ def build_model(name: str, variant: str, L: int):
     from recbole.model.sequential_recommender import FPMC, GRU4Rec, SASRec
 
     classes = {"SASRec": SASRec, "GRU4Rec": GRU4Rec, "FPMC": FPMC, "BPR": BPR, "M2SR": fusionlayer.M2SR}
-    dataset = SyntheticDataset()
+    dataset = SyntheticDataset(n_items=n_items)
     config = config_for(name, L)
     if name == "M2SR":
-        return fusionlayer.M2SR(config, dataset, features=features())
+        return fusionlayer.M2SR(config, dataset, features=feature_tables or features())
     model = classes[name](config, dataset)
     if variant == "fusion":
-        fusionlayer.attach(model, features(), dataset=dataset)
+        fusionlayer.attach(model, feature_tables if feature_tables is not None else features(), dataset=dataset,
+                           **attach_options)
     return model
 
 
@@ -76,8 +79,9 @@ def synthetic_batch(model, B: int, L: int, device: str, *, train: bool, seed: in
     from recbole.data.interaction import Interaction
 
     g = torch.Generator().manual_seed(seed)
+    n_items, n_users = int(getattr(model, "n_items", N_ITEMS)), int(getattr(model, "n_users", N_USERS) or N_USERS)
     lengths = torch.randint(1, L + 1, (B,), generator=g)
-    seq = torch.randint(1, N_ITEMS, (B, L), generator=g) * (torch.arange(L)[None] < lengths[:, None])
-    data = {"user_id": torch.randint(1, N_USERS, (B,), generator=g), "item_id_list": seq, "item_length": lengths,
-            "item_id": torch.randint(1, N_ITEMS, (B,), generator=g), "neg_item_id": torch.randint(1, N_ITEMS, (B,), generator=g)}
+    seq = torch.randint(1, n_items, (B, L), generator=g) * (torch.arange(L)[None] < lengths[:, None])
+    data = {"user_id": torch.randint(1, n_users, (B,), generator=g), "item_id_list": seq, "item_length": lengths,
+            "item_id": torch.randint(1, n_items, (B,), generator=g), "neg_item_id": torch.randint(1, n_items, (B,), generator=g)}
     return Interaction(data).to(device)

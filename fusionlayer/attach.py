@@ -53,7 +53,7 @@ def attach(model: nn.Module, features: Mapping[str, Any], *, dataset: Any = None
     adapter_class = get_adapter(model)
     if not hasattr(model, "n_items"):
         raise TypeError(f"{type(model).__name__} has no n_items; attach() needs a RecBole model built on a dataset")
-    tables = as_feature_tables(features, model.n_items)
+    tables = as_feature_tables(features, model.n_items, dtype=None)  # the adapter reads them (in chunks if reduced)
     if not tables:
         raise ValueError("features is empty; give at least one modality, e.g. {'text': T}")
     if "id" in tables:
@@ -175,7 +175,7 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str]) 
     existing = sorted(set(tokens) & set(adapter.item_tokens or []))
     if existing:
         raise ValueError(f"tokens {existing[:5]} already exist in the model's catalogue; add only new items")
-    widths = {name: int(getattr(adapter, f"normed_{name}").shape[1]) for name in adapter.modalities}
+    widths = dict(adapter.feature_dims)
     rows = {name: getattr(getattr(value, "features", value), "shape", (None,))[0] for name, value in features.items()} \
         if isinstance(features, Mapping) else {}
     wrong = {name: n for name, n in rows.items() if n != len(tokens)}

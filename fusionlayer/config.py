@@ -110,12 +110,18 @@ class AdapterOptions:
     side: str = "both"  # where content enters: "both", "history" (user/sequence side), "candidate" (item side)
     cold_dropout: float = 0.0  # training: hide this share of items' ID embeddings per step (DropoutNet); > 0 also
     # scores items never seen in training (and items added later) from content alone
+    reduce_features: int | None = None  # large catalogues: each table -> its top-r principal directions, once at
+    # attach time, read in row chunks (fusionlayer/reduction.py); None keeps the tables exact
 
     def __post_init__(self) -> None:
         _check_numbers(self, output_dropout="in [0, 1)", output_scale="> 0", cold_dropout="in [0, 1)")
         if self.cold_dropout > 0 and self.side == "history":
             raise ValueError("cold_dropout hides candidate items' ID embeddings, but side='history' leaves the candidate "
                              "side without content; use side='both' or 'candidate'")
+        if self.reduce_features is not None and (not isinstance(self.reduce_features, int)
+                                                 or isinstance(self.reduce_features, bool) or self.reduce_features < 1):
+            raise ValueError(f"reduce_features must be a positive int (columns kept per table) or None, "
+                             f"got {self.reduce_features!r}")
         if self.side not in SIDES:
             raise ValueError(f"side must be one of {list(SIDES)}, got {self.side!r}")
         self.fusion_config({"id": 1}, 1)  # the FusionConfig checks, now rather than at install time
@@ -130,7 +136,7 @@ class AdapterOptions:
         return replace(cls(**dict(defaults or {})), **dict(options))
 
     def fusion_config(self, modality_dims: Mapping[str, int], default_max_seq_length: int) -> FusionConfig:
-        adapter_only = {"output_dropout", "output_scale", "side", "max_seq_length", "cold_dropout"}
+        adapter_only = {"output_dropout", "output_scale", "side", "max_seq_length", "cold_dropout", "reduce_features"}
         values = {k: v for k, v in asdict(self).items() if k not in adapter_only}
         return FusionConfig(modality_dims=dict(modality_dims), max_seq_length=self.max_seq_length or default_max_seq_length,
                             **values)

@@ -7,6 +7,7 @@ padding id. Accepted values: a ``torch.Tensor``, a ``numpy.ndarray``, or any obj
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -20,7 +21,9 @@ _ENCODE_HINT = "re-encode with: fusionlayer encode --dataset <name> --modality {
 def _as_tensor(name: str, value: Any) -> torch.Tensor:
     value = getattr(value, "features", value)
     if isinstance(value, np.ndarray):
-        value = torch.from_numpy(np.asarray(value))
+        with warnings.catch_warnings():  # a read-only memory map: never written through
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            value = torch.from_numpy(np.asarray(value))
     if not isinstance(value, torch.Tensor):
         raise TypeError(
             f"features[{name!r}] must be a torch.Tensor, numpy array or feature-store object, "
@@ -36,7 +39,7 @@ def as_feature_tables(
     n_items: int,
     *,
     expected_dims: Mapping[str, int] | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = torch.float32,
 ) -> dict[str, torch.Tensor]:
     """Check and convert ``{name: (n_items, D)}`` tables; raise before anything is changed.
 
@@ -44,7 +47,8 @@ def as_feature_tables(
         features: modality name -> table.
         n_items: the model's ``n_items`` (RecBole's ``dataset.item_num``, padding id 0 included).
         expected_dims: if given, the exact modality names and widths required.
-        dtype: the dtype of the returned tensors.
+        dtype: the dtype of the returned tensors; None keeps each table's own (no copy: a float16
+            memory-mapped table stays on disk).
 
     Raises:
         TypeError: a value is not a float tensor/array, or ``features`` is not a mapping.
@@ -72,12 +76,19 @@ def as_feature_tables(
             )
         if expected_dims is not None and table.shape[1] != expected_dims[name]:
             raise ValueError(f"features[{name!r}] has width {table.shape[1]}, expected {expected_dims[name]}")
-        finite = torch.isfinite(table).all(dim=1)
+        finite = _finite_rows(table)
         if not bool(finite.all()):
             bad = torch.nonzero(~finite).flatten()[:5].tolist()
             raise ValueError(
                 f"features[{name!r}] has {int((~finite).sum())} rows with NaN/Inf values (first item ids: {bad}); "
                 f"{_ENCODE_HINT.format(name=name)}, or zero those rows and mark them missing"
             )
-        tables[name] = table.detach().to(dtype).contiguous()
+        tables[name] = table.detach() if dtype is None else table.detach().to(dtype).contiguous()
     return tables
+
+
+def _finite_rows(table: torch.Tensor, elements: int = 1 << 24) -> torch.Tensor:
+    """(N,) bool, computed in chunks of rows (a large memory-mapped table is never materialised whole)."""
+    step = max(1, elements // max(1, table.shape[1]))
+    return torch.cat([torch.isfinite(table[i:i + step]).all(dim=1) for i in range(0, table.shape[0], step)]) \
+        if table.shape[0] else torch.ones(0, dtype=torch.bool)
