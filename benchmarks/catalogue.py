@@ -220,11 +220,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--point-timeout-s", type=int, default=900)
     parser.add_argument("--quick", action="store_true", help="N = 2,000 and 5,000, 2 steps: a wiring check")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--readme", type=Path, default=None, help="also rewrite this README's catalogue block")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite <out>.md/.png (and --readme) from <out>")
     parser.add_argument("--_point", nargs=3, metavar=("MODEL", "VARIANT", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.models = names(parser, args.models, MODELS, "--models")
     if args.quick:
-        args.sizes, args.steps, args.predict_repeats = "2000,5000", 2, 2
+        args.steps, args.predict_repeats = 2, 2
+        if args.sizes == parser.get_default("sizes"):
+            args.sizes = "2000,5000"
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     if not args.sizes or min(args.sizes) < 10:
         parser.error(f"--sizes must be item counts >= 10, got {args.sizes}")
@@ -241,6 +245,8 @@ def main(argv=None) -> int:
         logging.disable(logging.WARNING)
         model_name, variant, n = args._point
         return reply(measure(model_name, variant, int(n), args))
+    if args.markdown_only:
+        return publish(json.loads(args.out.read_text()), args)
     points = []
     for n in args.sizes:
         for model in args.models:
@@ -251,9 +257,21 @@ def main(argv=None) -> int:
               "reduce_features": args.reduce, "batch": BATCH, "max_seq_length": L, "feature_dims": DIMS,
               "points": points, "targets": targets(points, args.sizes)}
     atomic_write_json(args.out, result)
+    return publish(result, args)
+
+
+def publish(result: dict, args) -> int:
+    """The markdown summary and the log-log plot next to the results file; the README block with ``--readme``."""
+    from benchmarks.report import update_readme
+
     plot(result, args.out.with_suffix(".png"))
-    atomic_write_bytes(args.out.with_suffix(".md"), markdown(result).encode())
-    print(markdown(result))
+    text = markdown(result)
+    atomic_write_bytes(args.out.with_suffix(".md"), text.encode())
+    if args.readme:
+        rel = args.out.resolve().relative_to(args.readme.resolve().parent)
+        update_readme(args.readme, f"{text}\n\n![step time and peak RSS against catalogue size]({rel.with_suffix('.png')})",
+                      block="catalogue")
+    print(text)
     return 0
 
 

@@ -77,7 +77,8 @@ def group(rows: list[dict], dataset: str, quick: bool = False) -> dict[tuple[str
 
 
 def metric_table(groups, protocol: str) -> list[str]:
-    lines = ["| model | variant | seeds | MRR@10 | NDCG@10 | Hit@10 | NDCG@10 vs plain |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | variant | seeds | MRR@10 | NDCG@10 | Hit@10 | NDCG@10 vs plain (same seeds) |",
+             "|---|---|---|---|---|---|---|"]
     for model in BACKBONES + STANDALONE:
         for variant in variants(model):
             runs = groups.get((model, variant), [])
@@ -87,10 +88,13 @@ def metric_table(groups, protocol: str) -> list[str]:
             cells = [mean_std([r["test"][protocol][m] for r in runs]) for m in METRICS]
             change = ""
             plain = groups.get((model, "plain"), [])
-            if variant == "fusion" and plain:
-                a = statistics.fmean(r["test"][protocol]["ndcg@10"] for r in runs)
-                b = statistics.fmean(r["test"][protocol]["ndcg@10"] for r in plain)
+            paired = sorted({r["seed"] for r in runs} & {r["seed"] for r in plain})
+            if variant == "fusion" and paired:  # over the seeds both variants have
+                a = statistics.fmean(r["test"][protocol]["ndcg@10"] for r in runs if r["seed"] in paired)
+                b = statistics.fmean(r["test"][protocol]["ndcg@10"] for r in plain if r["seed"] in paired)
                 change = f"{(a - b) / b * 100:+.1f} %" if b else "n/a"
+                if len(paired) < len(plain):
+                    change += f" (seeds {','.join(map(str, paired))})"
             seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
             lines.append(f"| {model} | {variant} | {seeds} | " + " | ".join(cells) + f" | {change} |")
     return lines

@@ -125,3 +125,27 @@ def test_add_items_on_a_reduced_model_takes_the_original_width():
 def test_reduce_features_must_be_a_positive_int(bad):
     with pytest.raises(ValueError, match="reduce_features must be a positive int"):
         fusionlayer.AdapterOptions(reduce_features=bad)
+
+
+@pytest.mark.slow
+def test_catalogue_benchmark_quick_writes_every_point(tmp_path):
+    import json
+
+    from benchmarks import catalogue
+
+    out = tmp_path / "catalogue.json"
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- catalogue:begin -->\nold\n<!-- catalogue:end -->\n")
+    assert catalogue.main(["--quick", "--models", "SASRec", "--sizes", "300,600", "--out", str(out),
+                           "--work", str(tmp_path / "tables"), "--reduce", "16", "--readme", str(readme)]) == 0
+    result = json.loads(out.read_text())
+    assert {"command", "commit", "device", "date"} <= set(result)
+    assert [(p["variant"], p["n_items"]) for p in result["points"]] == [("plain", 300), ("fusion", 300),
+                                                                      ("plain", 600), ("fusion", 600)]
+    for point in result["points"]:
+        assert point["status"] == "ok", point
+        assert {"model", "variant", "n_items", "table_bytes", "peak_rss_bytes", "attach_s", "step_ms", "predict_b1_ms",
+                "predict_b256_ms"} <= set(point)
+        assert point["table_bytes"] == point["n_items"] * (384 + 1280) * 2  # float16
+    assert "slope_fusion" in result["targets"]["SASRec"] and out.with_suffix(".png").is_file()
+    assert "old" not in readme.read_text() and "| SASRec | fusion | 600 |" in readme.read_text()
