@@ -41,7 +41,8 @@ def attach(model: nn.Module, features: Mapping[str, Any], *, dataset: Any = None
         freeze_backbone: train only the fusion parameters.
         **fusion_options: :class:`~fusionlayer.AdapterOptions` fields: the history fusion's
             ``hidden_size``, ``num_layers``, ``dropout``, ... and the adapter's ``output_dropout``,
-            ``output_scale`` and ``side``; unset ones take the backbone adapter's tuned defaults.
+            ``output_scale``, ``side``, ``cold_dropout`` and ``reduce_features``; unset ones take the
+            backbone adapter's defaults.
 
     Raises:
         TypeError: not a RecBole model, or no adapter fits. ValueError: already attached, bad features
