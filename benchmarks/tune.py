@@ -86,7 +86,7 @@ def _pct(value: float, base: float | None) -> str:
     return f"{100 * (value / base - 1):+.1f} %" if base else "-"
 
 
-def tuning_report(dataset: str, space: dict, picks: dict) -> str:
+def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = None) -> str:
     """Every candidate's validation NDCG@10 per backbone, against the default recipe and the plain baseline,
     with when it peaked (best epoch of epochs run) and its training time; the modalities' contributions."""
     main = {r["model"]: r for r in compat.read_results(compat.RESULTS / f"compat-{dataset}.jsonl")
@@ -94,6 +94,13 @@ def tuning_report(dataset: str, space: dict, picks: dict) -> str:
     lines = [f"# +fusion recipe search on {dataset} (seed {space['seed']}, validation only)", "",
              "Written by `python -m benchmarks.tune --pick` from the runs beside it; the space is `space.json` "
              "(declared before its runs). Test metrics are recorded in the .jsonl files but choose nothing.", ""]
+    runs = [r for model in picks for r in compat.read_results(results_path(dataset, model))]
+    if runs:
+        dates = sorted(r["date"] for r in runs)
+        lines += [f"Runs: {len(runs)}; commits {', '.join(sorted({r['commit'] for r in runs}))}; device "
+                  f"{', '.join(sorted({r['device'] for r in runs}))}; dates {dates[0]} .. {dates[-1]}; commands "
+                  + ", ".join(f"`{c}`" for c in sorted({r['command'] for r in runs}))
+                  + (f". Picked by `{made['command']}` at commit {made['commit']}, {made['date']}." if made else "."), ""]
     for model, p in picks.items():
         rows = {r["candidate"]: r for r in compat.read_results(results_path(dataset, model))}
         default, plain = p["valid_ndcg@10"].get("default"), p["plain_valid_ndcg@10"]
@@ -138,8 +145,9 @@ def main(argv=None) -> int:
     if not args.pick:
         run(args, space)
     picks = pick(args.dataset, space)
-    atomic_write_json(TUNING / "picks.json", {**provenance("benchmarks.tune", argv), "picks": picks})
-    atomic_write_bytes(TUNING / "report.md", tuning_report(args.dataset, space, picks).encode())
+    made = provenance("benchmarks.tune", argv)
+    atomic_write_json(TUNING / "picks.json", {**made, "picks": picks})
+    atomic_write_bytes(TUNING / "report.md", tuning_report(args.dataset, space, picks, made).encode())
     for model, p in picks.items():
         print(f"{model}: pick {p['pick']} ({p['valid_ndcg@10'][p['pick']]:.4f} valid NDCG@10; "
               f"default {p['valid_ndcg@10'].get('default')}, plain {p['plain_valid_ndcg@10']})")

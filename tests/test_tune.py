@@ -1,0 +1,54 @@
+"""The recipe search: a declared space, a pick on validation only, the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import compat, tune
+
+
+def _run(model, candidate, valid, test, seed=0, variant="fusion"):
+    metrics = lambda v: {"full": {"ndcg@10": v, "mrr@10": v / 2, "hit@10": 2 * v}}  # noqa: E731
+    row = {"dataset": "ml-100k", "model": model, "variant": variant, "seed": seed, "valid": metrics(valid),
+           "test": metrics(test), "epochs_run": 20, "best_epoch": 10, "train_seconds": 5.0, "commit": "abc",
+           "device": "cpu", "date": "2026-01-01", "command": "x"}
+    if candidate:
+        row["candidate"] = candidate
+    return row
+
+
+def test_the_pick_is_the_best_validation_score_never_the_test_score(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "TUNING", tmp_path)
+    monkeypatch.setattr(compat, "RESULTS", tmp_path)
+    space = {"seed": 0, "models": ["BPR"], "candidates": [
+        {"name": "default", "options": {}}, {"name": "side=history", "options": {"side": "history"}},
+        {"name": "modalities=text", "options": {}, "modalities": ["text"]},
+        {"name": "modalities=image", "options": {}, "modalities": ["image"]}]}
+    rows = [_run("BPR", "default", 0.070, 0.09), _run("BPR", "side=history", 0.075, 0.01),
+            _run("BPR", "modalities=text", 0.063, 0.2), _run("BPR", "modalities=image", 0.056, 0.2)]
+    (tmp_path / "ml-100k-BPR.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "compat-ml-100k.jsonl").write_text(json.dumps(_run("BPR", None, 0.060, 0.05, variant="plain")) + "\n")
+    picks = tune.pick("ml-100k", space)
+    assert picks["BPR"]["pick"] == "side=history" and picks["BPR"]["options"] == {"side": "history"}
+    assert picks["BPR"]["plain_valid_ndcg@10"] == 0.060 and picks["BPR"]["complete"]
+    text = tune.tuning_report("ml-100k", space, picks)
+    assert "## BPR: pick `side=history`" in text and "| plain (no fusion) | 0.0600 |" in text
+    assert "without image: -10.0 %; without text: -20.0 %" in text
+
+
+def test_a_space_without_default_or_with_a_bad_option_is_refused(tmp_path):
+    bad = tmp_path / "space.json"
+    bad.write_text(json.dumps({"seed": 0, "models": ["BPR"], "candidates": [{"name": "x", "options": {}}]}))
+    with pytest.raises(ValueError, match="include 'default'"):
+        tune.load_space(bad)
+    bad.write_text(json.dumps({"seed": 0, "models": ["BPR"], "candidates": [
+        {"name": "default", "options": {}}, {"name": "y", "options": {"output_scale": -1}}]}))
+    with pytest.raises((ValueError, SystemExit)):
+        tune.load_space(bad)
+
+
+def test_the_committed_space_loads():
+    space = tune.load_space()
+    assert space["candidates"][0]["name"] == "default" and space["metric"].startswith("valid.")
