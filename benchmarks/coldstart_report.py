@@ -98,8 +98,13 @@ def verdicts(groups) -> list[str]:
                          f"one-sided Wilcoxon p = {p:.3g}): {'met' if ok else '**not met**'}")
         base, mine = _mean(plain, "cold"), _mean(cold, "cold")
         if base is not None and mine is not None:
-            ratio = mine / base if base > 0 else float("inf")
-            parts.append(f"{ratio:.1f}x its plain backbone on cold targets (target 5x): {'met' if ratio >= 5 else '**not met**'}")
+            if base > 0:
+                ratio = mine / base
+                parts.append(f"{ratio:.1f}x its plain backbone on cold targets (target 5x): "
+                             f"{'met' if ratio >= 5 else '**not met**'}")
+            else:
+                parts.append(f"its plain backbone scores {base:.4f} on cold targets (target 5x): "
+                             f"{'met' if mine > 0 else '**not met**'}")
         warm_with, warm_without = _mean(cold, "warm"), _mean(fused, "warm")
         if warm_with is not None and warm_without is not None:
             change = warm_with / warm_without - 1
