@@ -154,7 +154,7 @@ class FusionAdapter(nn.Module):
         present = torch.zeros(next(iter(tables.values())).shape[0], dtype=torch.bool)
         for table in tables.values():
             for start, rows in row_chunks(table):
-                present[start:start + len(rows)] |= (rows != 0).any(dim=1)
+                present[start:start + len(rows)] |= (rows != 0).any(dim=1).cpu()
         present[0] = False  # RecBole's padding id
         self.register_buffer("item_present", present.unsqueeze(1), persistent=False)
         if options.reduce_features:  # large catalogues: (N, D) -> (N, r) once, in row chunks

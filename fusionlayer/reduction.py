@@ -51,11 +51,11 @@ def principal_basis(table: torch.Tensor, r: int, eps: float, sample_rows: int = 
     """
     N, D = table.shape
     if N > sample_rows:
-        rows = torch.randperm(N, generator=torch.Generator().manual_seed(0))[:sample_rows].sort().values
+        rows = torch.randperm(N, generator=torch.Generator().manual_seed(0))[:sample_rows].sort().values.to(table.device)
         sample = torch.cat([_standardise(table[chunk].float(), eps) for chunk in rows.split(4096)])
     else:
         sample = torch.cat([_standardise(rows, eps) for _, rows in row_chunks(table)])
-    gram = (sample.T.double() @ sample.double())  # (D, D)
+    gram = (sample.T.double() @ sample.double()).cpu()  # (D, D)
     values, vectors = torch.linalg.eigh(gram)
     basis = vectors[:, torch.argsort(values, descending=True)[:r]]
     signs = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
@@ -65,8 +65,9 @@ def principal_basis(table: torch.Tensor, r: int, eps: float, sample_rows: int = 
 def reduce_table(table: torch.Tensor, basis: torch.Tensor, eps: float) -> torch.Tensor:
     """``(N, r)`` float32: the standardised rows of ``table`` times ``basis``, computed chunk by chunk."""
     out = torch.empty(table.shape[0], basis.shape[1], dtype=torch.float32)
+    basis = basis.to(table.device)
     for start, rows in row_chunks(table):
-        out[start:start + len(rows)] = _standardise(rows, eps) @ basis
+        out[start:start + len(rows)] = (_standardise(rows, eps) @ basis).cpu()
     return out
 
 
