@@ -18,7 +18,6 @@ plain slope + 0.1.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import resource
@@ -31,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.cli_args import names, reply, results_file, set_threads
+from benchmarks.cli_args import names, quiet, reply, results_file, set_threads
+from benchmarks.figures import save_png, subplots
 from benchmarks.provenance import atomic_write_bytes, atomic_write_json, provenance
 
 MODELS = ["SASRec", "BPR"]
@@ -78,7 +78,7 @@ def _median_ms(fn, repeats: int, warmup: int) -> float:
 
 def measure(model_name: str, variant: str, n_items: int, args) -> dict:
     """One point, in this process."""
-    from benchmarks.synthetic import SyntheticDataset, build_model, synthetic_batch
+    from benchmarks.synthetic import SyntheticDataset, build_model, synthetic_batch, training_step
     import fusionlayer
 
     paths = feature_files(args.work, n_items)
@@ -92,14 +92,7 @@ def measure(model_name: str, variant: str, n_items: int, args) -> dict:
         fusionlayer.attach(model, maps, dataset=SyntheticDataset(n_items=n_items), reduce_features=args.reduce)
     attach_s = time.perf_counter() - start
     attach_rss = _peak_rss() - rss_before
-    batch = synthetic_batch(model, BATCH, L, "cpu", train=True)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        model.calculate_loss(batch).backward()
-        optimizer.step()
-
+    step = training_step(model, synthetic_batch(model, BATCH, L, "cpu", train=True))
     model.train()
     step_ms = _median_ms(step, args.steps, warmup=2)
     model.eval()
@@ -162,12 +155,7 @@ def targets(points: list[dict], sizes: list[int]) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = subplots(1, 2, figsize=(9, 3.4))
     for model, marker in zip(MODELS, "os"):
         for variant, style in (("plain", "--"), ("fusion", "-")):
             rows = sorted((p for p in result["points"] if p["model"] == model and p["variant"] == variant
@@ -184,11 +172,7 @@ def plot(result: dict, path: Path) -> None:
     axes[1].set(xlabel="items", ylabel="peak RSS, MiB")
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def markdown(result: dict) -> str:
@@ -239,12 +223,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
-    if args._point:
-        import logging
-
-        logging.disable(logging.WARNING)
-        model_name, variant, n = args._point
-        return reply(measure(model_name, variant, int(n), args))
+    if args._point:  # a worker: one point, answered as one JSON line
+        quiet()
+        return reply(measure(args._point[0], args._point[1], int(args._point[2]), args))
     if args.markdown_only:
         return publish(json.loads(args.out.read_text()), args)
     points = []

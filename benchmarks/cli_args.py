@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-__all__ = ["names", "reply", "results_file", "set_threads"]
+__all__ = ["names", "quiet", "reply", "results_file", "set_threads"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,3 +37,10 @@ def reply(row: dict) -> int:
     """A worker subprocess's answer to its parent: one JSON line on stdout; the exit status."""
     print(json.dumps(row), flush=True)
     return 0
+
+
+def quiet() -> None:
+    """A worker subprocess: no log lines below errors (its stdout is one JSON answer)."""
+    import logging
+
+    logging.disable(logging.WARNING)

@@ -12,7 +12,6 @@ NDCG@10 against the same attached backbone without it.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.figures import save_png, subplots
 from benchmarks.provenance import atomic_write_bytes
 from benchmarks.queue import read_results, run_key
 from benchmarks.report import mean_std, update_readme
@@ -117,13 +117,8 @@ def verdicts(groups) -> list[str]:
 
 
 def chart(groups, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = [k for k in ORDER if groups.get(k)]
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    fig, ax = subplots(figsize=(7.5, 3.6))
     xs = np.arange(len(keys))
     for offset, part, color in ((-0.2, "cold", "#2f6fde"), (0.2, "warm", "#9aa5b1")):
         means = [statistics.fmean(_values(groups[k], part, "ndcg@10") or [0]) for k in keys]
@@ -131,11 +126,7 @@ def chart(groups, path: Path) -> None:
     ax.set_xticks(xs, [f"{m}\n{v}" for m, v in keys], fontsize=7)
     ax.set_ylabel("test NDCG@10 (full ranking)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def provenance_line(rows: list[dict]) -> str:

@@ -25,7 +25,6 @@ produced by a command, never typed.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import math
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.compat import read_results
+from benchmarks.figures import save_png, subplots
 from benchmarks.models import BACKBONES, STANDALONE, variants
 from benchmarks.provenance import atomic_write_bytes
 
@@ -257,13 +257,8 @@ def paper_table() -> list[str]:
 
 
 def bar_chart(groups, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = [m for m in BACKBONES if groups.get((m, "plain")) or groups.get((m, "fusion"))]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = subplots(figsize=(7, 3.6))
     for offset, variant, color in ((-0.2, "plain", "#9aa5b1"), (0.2, "fusion", "#2f6fde")):
         means = [statistics.fmean(r["test"]["full"]["ndcg@10"] for r in groups.get((m, variant), [])) if groups.get((m, variant)) else 0 for m in models]
         stds = [statistics.stdev(r["test"]["full"]["ndcg@10"] for r in groups[(m, variant)]) if len(groups.get((m, variant), [])) > 1 else 0 for m in models]
@@ -276,11 +271,7 @@ def bar_chart(groups, path: Path) -> None:
     ax.set_xticks(np.arange(len(models)), models)
     ax.set_ylabel("test NDCG@10 (full ranking)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def provenance(rows: list[dict], quick: bool) -> list[str]:

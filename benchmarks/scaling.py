@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdp
 
 HERE = Path(__file__).resolve().parent
 from benchmarks.cli_args import names, reply, results_file, set_threads
+from benchmarks.figures import save_png, subplots
 from benchmarks.provenance import atomic_write_json, device_name, provenance
 from fusionlayer import FeatureFusionLayer
 
@@ -297,17 +298,11 @@ def end_to_end(args) -> list[dict]:
 
 
 def _e2e_row(name: str, variant: str, L: int, args) -> dict:
-    from benchmarks.synthetic import build_model, synthetic_batch
+    from benchmarks.synthetic import build_model, synthetic_batch, training_step
 
     torch.manual_seed(0)
     model = build_model(name, variant, L).to(args.device)
-    train_batch = synthetic_batch(model, 256, L, args.device, train=True)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        model.calculate_loss(train_batch).backward()
-        optimizer.step()
+    step = training_step(model, synthetic_batch(model, 256, L, args.device, train=True))
 
     model.train()
     first = timed(step, args.device, 1)[0]
@@ -340,12 +335,7 @@ def write_outputs(result: dict, out: Path) -> None:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = subplots(1, 2, figsize=(10, 4))
     for contender in {p["contender"] for p in result["points"]}:
         ok = sorted((p for p in result["points"] if p["contender"] == contender and p["status"] == "ok"), key=lambda p: p["L"])
         if not ok:
@@ -361,9 +351,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set_title(title)
         ax.legend(fontsize=8)
     fig.suptitle(f"{result['device']}, B={result['batch']}, {result['date'][:10]}, commit {result['commit']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.compat import load_hparams
-from benchmarks.cli_args import names, reply, results_file, set_threads
+from benchmarks.cli_args import names, quiet, reply, results_file, set_threads
 from benchmarks.models import BACKBONES
 from benchmarks.provenance import provenance
 from fusionlayer.encoders.cache import atomic_write_bytes
@@ -87,6 +87,7 @@ def build(model_name: str, variant: str, args):
 
 def measure(model_name: str, variant: str, args) -> dict:
     """One (model, variant): every number of the table, in this process."""
+    from benchmarks.synthetic import training_step
     from torch.utils.flop_counter import FlopCounterMode
 
     config, model, train_data, test_data = build(model_name, variant, args)
@@ -95,15 +96,7 @@ def measure(model_name: str, variant: str, args) -> dict:
         batches.append(batch.to(args.device))
         if len(batches) == args.batches:
             break
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    state = {"i": 0}
-
-    def step():
-        batch = batches[state["i"] % len(batches)]
-        state["i"] += 1
-        optimizer.zero_grad(set_to_none=True)
-        model.calculate_loss(batch).backward()
-        optimizer.step()
+    step = training_step(model, batches)
 
     model.train()
     gemm = gemm_gflops(args.device)
@@ -268,9 +261,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
     if args.worker:
-        import logging
-
-        logging.disable(logging.WARNING)
+        quiet()
         model_name, variant = args.worker.split(":")
         return reply(measure(model_name, variant, args))
     before = json.loads(args.before.read_text()) if args.before else None

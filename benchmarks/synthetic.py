@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 N_USERS, N_ITEMS = 944, 1683  # ML-100K with RecBole's padding ids
@@ -85,3 +87,17 @@ def synthetic_batch(model, B: int, L: int, device: str, *, train: bool, seed: in
     data = {"user_id": torch.randint(1, n_users, (B,), generator=g), "item_id_list": seq, "item_length": lengths,
             "item_id": torch.randint(1, n_items, (B,), generator=g), "neg_item_id": torch.randint(1, n_items, (B,), generator=g)}
     return Interaction(data).to(device)
+
+
+def training_step(model, batches, lr: float = 1e-3):
+    """A closure that runs one Adam step of ``model.calculate_loss`` on the next of ``batches`` (cycling)."""
+    batches = batches if isinstance(batches, list) else [batches]
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    count = itertools.count()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model.calculate_loss(batches[next(count) % len(batches)]).backward()
+        optimizer.step()
+
+    return step
