@@ -259,19 +259,25 @@ class FusionAdapter(nn.Module):
         return self._memoised("projected_tables", self._content_inputs(),
                               lambda: self.fusion.project_normalized_tables(self.normalized_tables()))
 
+    @staticmethod
+    def _content(projected: Mapping[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        """Items' content vectors from their projected modality rows: GELU of the sum, zero where absent."""
+        return F.gelu(torch.stack(list(projected.values())).sum(0)) * present
+
+    def _delta(self, name: str, content: torch.Tensor) -> torch.Tensor:
+        """What ``content`` adds to the candidate embedding ``name``: ``item_out`` times ``output_scale``."""
+        out, scale = self.item_out[name](content), self.options.output_scale
+        return out if scale == 1 else out * scale
+
     def item_content(self) -> torch.Tensor:
         """(n_items, H): the sum of the items' projected modality features, zero for absent items."""
-        def compute() -> torch.Tensor:
-            projected = self.projected_tables()
-            return F.gelu(torch.stack(list(projected.values())).sum(0)) * self.item_present
-
-        return self._memoised("item_content", self._content_inputs(), compute)
+        return self._memoised("item_content", self._content_inputs(),
+                              lambda: self._content(self.projected_tables(), self.item_present))
 
     def item_delta(self, name: str) -> torch.Tensor:
         """(n_items, E): what the content adds to the candidate embedding ``name`` (zero at attach)."""
-        out, scale = self.item_out[name], self.options.output_scale
-        return self._memoised(f"item_delta:{name}", [*self._content_inputs(), out.weight],
-                              lambda: out(self.item_content()) if scale == 1 else out(self.item_content()) * scale)
+        return self._memoised(f"item_delta:{name}", [*self._content_inputs(), self.item_out[name].weight],
+                              lambda: self._delta(name, self.item_content()))
 
     def fused_weight(self, name: str, base_weight: torch.Tensor) -> torch.Tensor:
         """``base_weight + item_delta(name)``: the weight host code reads from a wrapped embedding.
@@ -319,12 +325,12 @@ class FusionAdapter(nn.Module):
         hidden = self._hidden_ids()
         if hidden is not None:
             base = base.masked_fill(hidden.index_select(0, unique), 0.0)
-        projected = self.fusion.project_normalized_tables(
-            {m: t.index_select(0, unique) for m, t in self.normalized_tables().items()})
-        content = F.gelu(torch.stack(list(projected.values())).sum(0)) * self.item_present.index_select(0, unique)
-        delta = self.item_out[name](content)
-        rows = base + (delta if self.options.output_scale == 1 else delta * self.options.output_scale)
-        return rows.index_select(0, inverse).view(*ids.shape, -1)
+        content = self._content(self._projected_rows(unique), self.item_present.index_select(0, unique))
+        return (base + self._delta(name, content)).index_select(0, inverse).view(*ids.shape, -1)
+
+    def _projected_rows(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{modality: (len(ids), H)}``: :meth:`projected_tables` at the rows ``ids`` only."""
+        return self.fusion.project_normalized_tables({m: t.index_select(0, ids) for m, t in self.normalized_tables().items()})
 
     @staticmethod
     def training_items(dataset: Any, n_items: int) -> torch.Tensor | None:
@@ -347,9 +353,7 @@ class FusionAdapter(nn.Module):
         if not (scoped or cached) and item_seq.numel() < self.rows_fraction * self.item_present.shape[0]:
             # a large catalogue: project only the rows the histories use, indexed by their place among them
             unique, inverse = torch.unique(item_seq, return_inverse=True)
-            projected = self.fusion.project_normalized_tables(
-                {m: t.index_select(0, unique) for m, t in self.normalized_tables().items()})
-            item_seq = inverse.view_as(item_seq)
+            projected, item_seq = self._projected_rows(unique), inverse.view_as(item_seq)
             id_table = id_table.index_select(0, unique) if id_table is not None else None
         else:
             projected = self.projected_tables()
