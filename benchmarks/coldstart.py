@@ -37,6 +37,7 @@ from benchmarks.ranking import metrics_from_ranks, rank_users
 RESULTS = compat.RESULTS
 MODELS = ["SASRec", "GRU4Rec", "BPR", "FPMC", "M2SR", "ContentKNN"]
 COLD_SHARE = 0.10
+PROTOCOL = 2  # 2: items unseen in training are neither sampled negatives nor cross-entropy logits while training
 logger = logging.getLogger("fusionlayer.bench.coldstart")
 
 
@@ -102,6 +103,34 @@ class ContentKNN(torch.nn.Module):
         return content_knn_scores(self.tables, interaction[self.ITEM_SEQ])
 
 
+def keep_unseen_items_out_of_training(model, train_data, unseen: np.ndarray) -> None:
+    """Items without a training interaction do not exist while the model trains: never a sampled negative
+    (pairwise losses) and never a logit of the cross-entropy over the catalogue. Without this, training
+    pushes exactly the held-out items down (they are the only items that are never a positive), which
+    leaks the held-out set into the model and makes content-based scoring of cold items look useless."""
+    unseen = np.asarray(unseen, dtype=np.int64)
+    sampler = getattr(train_data, "_sampler", None)
+    if sampler is not None and hasattr(sampler, "item_num"):
+        allowed = np.setdiff1d(np.arange(1, sampler.item_num), unseen)
+        sampler._uni_sampling = lambda n: allowed[np.random.randint(0, len(allowed), n)]
+    if isinstance(getattr(model, "loss_fct", None), torch.nn.CrossEntropyLoss):
+        mask = torch.zeros(model.n_items, dtype=torch.bool)
+        mask[torch.as_tensor(unseen)] = True
+        model.loss_fct = _MaskedCrossEntropy(model.loss_fct, mask)
+
+
+class _MaskedCrossEntropy(torch.nn.Module):
+    """Cross-entropy over the catalogue with some items' logits removed (-inf)."""
+
+    def __init__(self, loss: torch.nn.Module, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.loss = loss
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits.masked_fill(self.mask.to(logits.device), float("-inf")), target)
+
+
 def split_metrics(ranks: dict[str, np.ndarray], targets: np.ndarray, cold_ids: np.ndarray) -> dict:
     metrics = metrics_from_ranks(ranks["full"])
     is_cold = np.isin(targets, cold_ids)
@@ -128,14 +157,15 @@ def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_token
                                                     seed, run_args, recipe, data_root=args.work,
                                                     dataset_name=args.cold_name, extra=extra)
     train_data, valid_data, test_data = data
+    counts = np.bincount(train_data.dataset.inter_feat[train_data.dataset.iid_field].numpy(),
+                         minlength=train_data.dataset.item_num)
     if knn:
         tables = compat.load_tables("ml-100k", train_data.dataset, run_args, hparams)
         net, trained = ContentKNN(tables, built.ITEM_SEQ, built.USER_ID), {"epochs_run": 0}
     else:
+        keep_unseen_items_out_of_training(built, train_data, np.flatnonzero(counts[1:] == 0) + 1)
         net, trained = built, compat.train_and_rank(config, built, data, args.device, seed)
         trained.pop("ranks")
-    counts = np.bincount(train_data.dataset.inter_feat[train_data.dataset.iid_field].numpy(),
-                         minlength=train_data.dataset.item_num)
     ranks = rank_users(net, test_data, counts, args.device, seed) if knn else \
         rank_users(built, test_data, counts, args.device, seed)
     tokens = train_data.dataset.field2id_token[train_data.dataset.iid_field]
@@ -143,7 +173,7 @@ def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_token
     targets = _targets(test_data)
     return {"dataset": args.dataset, "model": model, "variant": variant, "seed": seed, "quick": bool(args.quick),
             **split_metrics(ranks, targets, cold_ids), "cold_items": int(len(cold_ids)),
-            "epochs_run": trained.get("epochs_run"), "best_epoch": trained.get("best_epoch"),
+            "epochs_run": trained.get("epochs_run"), "best_epoch": trained.get("best_epoch"), "protocol": PROTOCOL,
             "test": {}, **provenance("benchmarks.coldstart", args.argv, args.device)}
 
 
@@ -195,7 +225,8 @@ def main(argv=None) -> int:
             args.data_root = args.work
         args.cold_name, cold = write_cold_dataset(filtered_interactions(args, hparams), args.work,
                                                   f"{args.dataset}-cold{args.cold_seed}", args.cold_seed)
-        done = {(r["model"], r["variant"], int(r["seed"])) for r in read_results(args.out)}
+        done = {(r["model"], r["variant"], int(r["seed"])) for r in read_results(args.out)
+                if r["model"] == "ContentKNN" or r.get("protocol") == PROTOCOL}  # no training: no protocol
         for seed in args.seeds:
             for model in args.models:
                 for variant in [v for v in variants(model) if v in args.variants]:

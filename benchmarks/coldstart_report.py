@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks.figures import save_png, subplots
 from benchmarks.provenance import atomic_write_bytes
+from benchmarks.coldstart import PROTOCOL
 from benchmarks.queue import read_results, run_key
 from benchmarks.report import mean_std, update_readme
 
@@ -141,7 +142,8 @@ def provenance_line(rows: list[dict]) -> str:
 
 def report(results: Path, quick: bool = False) -> tuple[str, str]:
     """(full markdown report, README section); writes ``<results>.md`` and ``<results>.png``."""
-    rows = [r for r in read_results(results) if bool(r.get("quick")) == quick]
+    rows = [r for r in read_results(results) if bool(r.get("quick")) == quick
+            and (r["model"] == "ContentKNN" or r.get("protocol") == PROTOCOL)]  # older protocols: history/
     groups = group(rows, quick)
     rel = os.path.relpath(results, HERE.parent)
     body = [provenance_line(rows), "",

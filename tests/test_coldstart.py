@@ -38,7 +38,7 @@ def _row(model, variant, seed, cold, warm, users=(1, 2, 3, 4, 5, 6)):
             "cold": {"ndcg@10": float(np.mean(cold)), "hit@10": 0.5, "users": len(cold)},
             "warm": {"ndcg@10": warm, "hit@10": 0.5, "users": 40},
             "per_user_cold_ndcg": {"user": list(users), "ndcg@10": list(cold)}, "cold_items": 135, "test": {},
-            "commit": "abc", "device": "cpu", "date": f"2026-01-0{seed + 1}", "command": "x"}
+            "commit": "abc", "device": "cpu", "date": f"2026-01-0{seed + 1}", "command": "x", "protocol": 2}
 
 
 def test_report_verdicts_follow_the_targets(tmp_path):
@@ -81,3 +81,18 @@ def test_coldstart_quick_end_to_end(tmp_path):
         assert {"commit", "device", "date", "command"} <= set(row)
     full, _ = coldstart_report.report(out, quick=True)
     assert "not a result" in full
+
+
+def test_items_unseen_in_training_are_never_negatives_nor_logits():
+    from types import SimpleNamespace
+
+    unseen = np.array([2, 5, 7])
+    sampler = SimpleNamespace(item_num=10, _uni_sampling=lambda n: np.random.randint(1, 10, n))
+    model = SimpleNamespace(n_items=10, loss_fct=torch.nn.CrossEntropyLoss())
+    coldstart.keep_unseen_items_out_of_training(model, SimpleNamespace(_sampler=sampler), unseen)
+    drawn = sampler._uni_sampling(5000)
+    assert set(drawn.tolist()) == set(range(1, 10)) - set(unseen.tolist())
+    logits, target = torch.randn(4, 10), torch.tensor([1, 3, 4, 9])
+    keep = [i for i in range(10) if i not in unseen]
+    expected = torch.nn.functional.cross_entropy(logits[:, keep], torch.tensor([keep.index(int(t)) for t in target]))
+    torch.testing.assert_close(model.loss_fct(logits, target), expected)
