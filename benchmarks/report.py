@@ -40,6 +40,7 @@ from benchmarks.compat import read_results
 from benchmarks.figures import save_png, subplots
 from benchmarks.models import BACKBONES, STANDALONE, variants
 from benchmarks.provenance import atomic_write_bytes
+from fusionlayer.config import AdapterOptions
 
 HERE = Path(__file__).resolve().parent
 
@@ -365,7 +366,7 @@ def ablation_report(results: Path, ablation_dir: Path, dataset: str) -> str:
             if plain is None or default is None:
                 missing.append(f"{row['model']} seed {seed} ({path.name})")
                 continue
-            base_options = default["hparams"].get("fusion", {})
+            base_options = {**AdapterOptions().to_dict(), **default["hparams"].get("fusion", {})}  # older rows lack new fields
             option = ", ".join(f"{k}={v}" for k, v in sorted(row["hparams"].get("fusion", {}).items())
                                if base_options.get(k) != v) or "(same as default)"
             by_option[(row["model"], option)].append((seed, plain, default, row))
