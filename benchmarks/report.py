@@ -95,7 +95,7 @@ def metric_table(groups, protocol: str) -> list[str]:
                 b = statistics.fmean(r["test"][protocol]["ndcg@10"] for r in plain if r["seed"] in paired)
                 change = f"{(a - b) / b * 100:+.1f} %" if b else "n/a"
                 if len(paired) < len(plain):
-                    change += f" (seeds {','.join(map(str, paired))})"
+                    change += f" (seed{'s' if len(paired) > 1 else ''} {','.join(map(str, paired))})"
             seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
             lines.append(f"| {model} | {variant} | {seeds} | " + " | ".join(cells) + f" | {change} |")
     return lines
