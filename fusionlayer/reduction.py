@@ -52,10 +52,13 @@ def principal_basis(table: torch.Tensor, r: int, eps: float, sample_rows: int = 
     N, D = table.shape
     if N > sample_rows:
         rows = torch.randperm(N, generator=torch.Generator().manual_seed(0))[:sample_rows].sort().values.to(table.device)
-        sample = torch.cat([_standardise(table[chunk].float(), eps) for chunk in rows.split(4096)])
+        chunks = (table[chunk].float() for chunk in rows.split(4096))
     else:
-        sample = torch.cat([_standardise(rows, eps) for _, rows in row_chunks(table)])
-    gram = (sample.T.double() @ sample.double()).cpu()  # (D, D)
+        chunks = (rows for _, rows in row_chunks(table, elements=4096 * D))
+    gram = torch.zeros(D, D, dtype=torch.float64)
+    for rows in chunks:  # (D, D) accumulated chunk by chunk: no sample-sized float64 copy
+        x = _standardise(rows, eps).double()
+        gram += (x.T @ x).cpu()
     values, vectors = torch.linalg.eigh(gram)
     basis = vectors[:, torch.argsort(values, descending=True)[:r]]
     signs = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
