@@ -313,13 +313,11 @@ class FusionAdapter(nn.Module):
         """``F.embedding(ids, fused_weight(name, ...))``, computing only the rows ``ids`` uses when they are
         fewer than half the catalogue and the whole weight is not already at hand (pairwise losses and
         histories over a large catalogue never project every item)."""
-        key = f"weight:{name}"
-        scoped = self._scope is not None and key in self._scope
+        scoped = self._scope is not None and f"weight:{name}" in self._scope
         rows_only = self.rows_fraction * base_layer.num_embeddings
-        if scoped or not (torch.is_grad_enabled() or self.training) or ids.numel() >= rows_only:
-            return F.embedding(ids, self.fused_weight(name, base_layer.weight), base_layer.padding_idx)
-        unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
-        if unique.numel() >= rows_only:
+        few = not scoped and (torch.is_grad_enabled() or self.training) and ids.numel() < rows_only
+        unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True) if few else (None, None)
+        if unique is None or unique.numel() >= rows_only:
             return F.embedding(ids, self.fused_weight(name, base_layer.weight), base_layer.padding_idx)
         base = F.embedding(unique, base_layer.weight, base_layer.padding_idx)
         hidden = self._hidden_ids()

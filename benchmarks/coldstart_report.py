@@ -15,15 +15,15 @@ import argparse
 import os
 import statistics
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.figures import save_png, subplots
-from benchmarks.provenance import atomic_write_bytes
+from benchmarks.provenance import atomic_write_bytes, runs_summary
 from benchmarks.coldstart import PROTOCOL
-from benchmarks.queue import read_results, run_key
+from benchmarks.queue import read_results
+from benchmarks.report import group as report_group
 from benchmarks.report import mean_std, update_readme
 
 HERE = Path(__file__).resolve().parent
@@ -31,18 +31,9 @@ ORDER = [("ContentKNN", "standalone"), ("M2SR", "standalone")] + [
     (m, v) for m in ("SASRec", "GRU4Rec", "BPR", "FPMC") for v in ("plain", "fusion", "fusion+cold")]
 
 
-def group(rows: list[dict], quick: bool = False) -> dict[tuple[str, str], list[dict]]:
-    """(model, variant) -> runs sorted by seed; a repeated run counts once (the first), with a warning."""
-    seen, groups = set(), {}
-    for row in rows:
-        if bool(row.get("quick")) != quick:
-            continue
-        if run_key(row) in seen:
-            warnings.warn(f"duplicate run {run_key(row)} ignored", UserWarning, stacklevel=2)
-            continue
-        seen.add(run_key(row))
-        groups.setdefault((row["model"], row["variant"]), []).append(row)
-    return {k: sorted(v, key=lambda r: int(r["seed"])) for k, v in groups.items()}
+def group(rows: list[dict], quick: bool = False, dataset: str = "ml-100k") -> dict[tuple[str, str], list[dict]]:
+    """(model, variant) -> runs sorted by seed (:func:`benchmarks.report.group`: a repeated run counts once)."""
+    return {k: sorted(v, key=lambda r: int(r["seed"])) for k, v in report_group(rows, dataset, quick).items()}
 
 
 def _values(runs: list[dict], part: str, metric: str) -> list[float]:
@@ -133,11 +124,7 @@ def chart(groups, path: Path) -> None:
 def provenance_line(rows: list[dict]) -> str:
     if not rows:
         return "No runs recorded yet."
-    commits = sorted({r["commit"] for r in rows})
-    dates = sorted(r["date"] for r in rows)
-    return (f"Runs: {len(rows)}; commits {', '.join(commits)}; device {', '.join(sorted({r['device'] for r in rows}))}; "
-            f"dates {dates[0]} .. {dates[-1]}; cold items {rows[0].get('cold_items')}; commands "
-            + ", ".join(f"`{c}`" for c in sorted({r['command'] for r in rows})) + ".")
+    return f"{runs_summary(rows)}; cold items in the catalogue {rows[0].get('cold_items')}."
 
 
 def report(results: Path, quick: bool = False) -> tuple[str, str]:

@@ -15,7 +15,8 @@ import torch
 
 from fusionlayer.encoders.cache import atomic_write_bytes
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "command_line", "device_name", "git_commit", "provenance", "utc_now"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "command_line", "device_name", "git_commit", "provenance",
+           "runs_summary", "utc_now"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,3 +62,11 @@ def provenance(module: str, argv: list[str] | None = None, device: str = "cpu") 
 
 def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_bytes(Path(path), json.dumps(value, indent=1).encode())
+
+
+def runs_summary(rows: list[dict]) -> str:
+    """``Runs: N; commits ...; device ...; dates first .. last; commands `...``` of results lines (no final period)."""
+    dates = sorted(r["date"] for r in rows)
+    return (f"Runs: {len(rows)}; commits {', '.join(sorted({r['commit'] for r in rows}))}; device "
+            f"{', '.join(sorted({r['device'] for r in rows}))}; dates {dates[0]} .. {dates[-1]}; commands "
+            + ", ".join(f"`{c}`" for c in sorted({r['command'] for r in rows})))

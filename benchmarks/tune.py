@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks import compat
 from benchmarks.cli_args import names, set_threads
 from benchmarks.models import BACKBONES
-from benchmarks.provenance import atomic_write_bytes, atomic_write_json, provenance
+from benchmarks.provenance import atomic_write_bytes, atomic_write_json, provenance, runs_summary
 
 TUNING = compat.RESULTS / "tuning"
 logger = logging.getLogger("fusionlayer.bench.tune")
@@ -96,11 +96,8 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
              "(declared before its runs). Test metrics are recorded in the .jsonl files but choose nothing.", ""]
     runs = [r for model in picks for r in compat.read_results(results_path(dataset, model))]
     if runs:
-        dates = sorted(r["date"] for r in runs)
-        lines += [f"Runs: {len(runs)}; commits {', '.join(sorted({r['commit'] for r in runs}))}; device "
-                  f"{', '.join(sorted({r['device'] for r in runs}))}; dates {dates[0]} .. {dates[-1]}; commands "
-                  + ", ".join(f"`{c}`" for c in sorted({r['command'] for r in runs}))
-                  + (f". Picked by `{made['command']}` at commit {made['commit']}, {made['date']}." if made else "."), ""]
+        lines += [runs_summary(runs) + (f". Picked by `{made['command']}` at commit {made['commit']}, {made['date']}."
+                                        if made else "."), ""]
     for model, p in picks.items():
         rows = {r["candidate"]: r for r in compat.read_results(results_path(dataset, model))}
         default, plain = p["valid_ndcg@10"].get("default"), p["plain_valid_ndcg@10"]

@@ -87,8 +87,9 @@ def as_feature_tables(
     return tables
 
 
-def _finite_rows(table: torch.Tensor, elements: int = 1 << 24) -> torch.Tensor:
+def _finite_rows(table: torch.Tensor) -> torch.Tensor:
     """(N,) bool, computed in chunks of rows (a large memory-mapped table is never materialised whole)."""
-    step = max(1, elements // max(1, table.shape[1]))
-    return torch.cat([torch.isfinite(table[i:i + step]).all(dim=1) for i in range(0, table.shape[0], step)]) \
-        if table.shape[0] else torch.ones(0, dtype=torch.bool)
+    from fusionlayer.reduction import row_chunks
+
+    chunks = [torch.isfinite(rows).all(dim=1) for _, rows in row_chunks(table, as_float=False)]
+    return torch.cat(chunks) if chunks else torch.ones(0, dtype=torch.bool)

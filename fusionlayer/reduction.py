@@ -22,11 +22,13 @@ CHUNK_ELEMENTS = 1 << 24  # about 64 MB of float32 per chunk
 SAMPLE_ROWS = 65536  # rows the principal directions are estimated from
 
 
-def row_chunks(table: torch.Tensor, elements: int = CHUNK_ELEMENTS) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(start, rows)`` over ``table`` in chunks of about ``elements`` values, as float32."""
+def row_chunks(table: torch.Tensor, elements: int = CHUNK_ELEMENTS, *,
+               as_float: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, rows)`` over ``table`` in chunks of about ``elements`` values, as float32 (or as stored)."""
     step = max(1, elements // max(1, table.shape[1]))
     for start in range(0, table.shape[0], step):
-        yield start, table[start:start + step].float()
+        rows = table[start:start + step]
+        yield start, rows.float() if as_float else rows
 
 
 def _standardise(rows: torch.Tensor, eps: float) -> torch.Tensor:
