@@ -161,8 +161,7 @@ class FusionAdapter(nn.Module):
             tables, bases = reduce_tables(tables, options.reduce_features, options.layer_norm_eps)
             for name, basis in bases.items():
                 self.register_buffer(f"basis_{name}", basis, persistent=False)
-        else:
-            tables = {name: t.float() for name, t in tables.items()}
+        else:  # kept as given: normalize_rows below writes each one, chunk by chunk, into float32
             size = sum(t.numel() for t in tables.values()) * 4
             if size > 4 * 2**30:
                 warnings.warn(f"the normalised feature tables take {size / 2**30:.1f} GiB of float32 memory; for a "

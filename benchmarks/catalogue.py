@@ -187,8 +187,28 @@ def markdown(result: dict) -> str:
         lines.append(f"| {p['model']} | {p['variant']} | {p['n_items']:,} | {p['table_bytes'] / 2**20:.0f} | "
                      f"{p['peak_rss_bytes'] / 2**20:.0f} | {p['attach_rss_bytes'] / 2**20:.0f} | {p['attach_s']} | "
                      f"{p['step_ms']} | {p['predict_b1_ms']} | {p['predict_b256_ms']} | ok |")
-    lines += ["", "Targets: " + json.dumps(result["targets"])]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *targets_table(result["targets"], min(p["n_items"] for p in result["points"]),
+                                                 max(p["n_items"] for p in result["points"]))])
+
+
+def targets_table(found: dict, low: int, high: int) -> list[str]:
+    """Issue 16's targets, one row per model: the measured figure, the bar it is held to, met or missed."""
+    def verdict(met):
+        return "" if met is None else ("met" if met else "**missed**")
+
+    rows = [f"Targets at N = {high:,} (slopes from {low:,}):", "",
+            "| model | target | measured | bar | |", "|---|---|---|---|---|"]
+    for model, entry in found.items():
+        if entry.get("attach_rss_over_table") is not None:
+            rows.append(f"| {model} | peak RSS added by attach / float16 table bytes | "
+                        f"{entry['attach_rss_over_table']:.2f}x | <= 1.2x | {verdict(entry.get('rss_met'))} |")
+        if entry.get("slope_fusion") is not None and entry.get("slope_plain") is not None:
+            rows.append(f"| {model} | log-log slope of the attached step | {entry['slope_fusion']:.2f} | "
+                        f"<= plain {entry['slope_plain']:.2f} + 0.1 | {verdict(entry.get('slope_met'))} |")
+        if "step_ratio_met" in entry:
+            rows.append(f"| {model} | attached step / plain step | {entry['step_ratio']:.2f}x | <= 1.3x | "
+                        f"{verdict(entry['step_ratio_met'])} |")
+    return rows
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -11,12 +11,15 @@ columns per item, which is what keeps a million-item catalogue's step close to t
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
 from typing import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["normalize_rows", "principal_basis", "reduce_table", "reduce_tables", "row_chunks"]
+__all__ = ["normalize_rows", "principal_basis", "reduce_table", "reduce_tables", "release_pages", "row_chunks"]
 
 CHUNK_ELEMENTS = 1 << 24  # about 64 MB of float32 per chunk
 SAMPLE_ROWS = 65536  # rows the principal directions are estimated from
@@ -24,11 +27,66 @@ SAMPLE_ROWS = 65536  # rows the principal directions are estimated from
 
 def row_chunks(table: torch.Tensor, elements: int = CHUNK_ELEMENTS, *,
                as_float: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(start, rows)`` over ``table`` in chunks of about ``elements`` values, as float32 (or as stored)."""
+    """``(start, rows)`` over ``table`` in chunks of about ``elements`` values, as float32 (or as stored).
+
+    A read-only memory-mapped table (``numpy.load(..., mmap_mode="r")``) has each chunk's pages released
+    once the caller moves on (:func:`release_pages`), so one pass over it never holds the whole file resident.
+    """
     step = max(1, elements // max(1, table.shape[1]))
+    mapped = is_read_only_file_mapping(table)
     for start in range(0, table.shape[0], step):
         rows = table[start:start + step]
         yield start, rows.float() if as_float else rows
+        if mapped:  # checked once: the generator holds ``table``, so its mapping cannot go away meanwhile
+            _drop_rows(table, start, start + step)
+
+
+def is_read_only_file_mapping(table: torch.Tensor) -> bool:
+    """Whether ``table``'s memory is a shared, read-only mapping of a file (``/proc/self/maps`` "r--s"):
+    the only memory whose pages :func:`release_pages` may drop (they are read back from the file on access).
+    False off Linux, for anything else (private, writable, anonymous memory), and for non-contiguous tables."""
+    if table.device.type != "cpu" or not table.is_contiguous() or table.numel() == 0 or not sys.platform.startswith("linux"):
+        return False
+    first, last = table.data_ptr(), table.data_ptr() + table.numel() * table.element_size() - 1
+    found = False  # never cached: an address freed and reused by anonymous memory must not read as a file
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                if low <= first < high:  # the table must lie inside one file mapping, read-only and shared
+                    found = high > last and fields[1] == "r--s" and fields[4] != "0" and len(fields) >= 6
+                    break
+    except OSError:
+        found = False
+    return found
+
+
+def release_pages(table: torch.Tensor, start: int, stop: int) -> None:
+    """Drop rows ``start:stop`` of a read-only memory-mapped ``table`` from this process's resident memory
+    (``madvise(MADV_DONTNEED)``); the data stays in the file and the page cache and is read back on access.
+    Does nothing unless :func:`is_read_only_file_mapping` holds: on private or anonymous memory the same call
+    would zero the data."""
+    if is_read_only_file_mapping(table):
+        _drop_rows(table, start, stop)
+
+
+def _drop_rows(table: torch.Tensor, start: int, stop: int) -> None:
+    row_bytes = table.stride(0) * table.element_size()
+    page = mmap.PAGESIZE
+    low = (table.data_ptr() + start * row_bytes) // page * page
+    high = table.data_ptr() + min(stop, table.shape[0]) * row_bytes
+    if high > low:
+        _libc().madvise(ctypes.c_void_p(low), ctypes.c_size_t(high - low), MADV_DONTNEED)
+
+
+MADV_DONTNEED = 4  # Linux
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return libc
 
 
 def _standardise(rows: torch.Tensor, eps: float) -> torch.Tensor:
@@ -36,14 +94,15 @@ def _standardise(rows: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def normalize_rows(table: torch.Tensor, eps: float, *, in_place: bool = False) -> torch.Tensor:
-    """Every row standardised (the parameter-free part of LayerNorm), detached, in float32; row by row
-    chunks, written into ``table`` itself when ``in_place`` (a float32 table the caller owns)."""
-    if not in_place or table.dtype != torch.float32 or not table.is_contiguous():
-        return F.layer_norm(table.float(), table.shape[-1:], eps=eps).detach()
+    """Every row standardised (the parameter-free part of LayerNorm), detached, in float32, computed in
+    chunks of rows: written into ``table`` itself when ``in_place`` (a float32 table the caller owns), else
+    into one new float32 table (a float16 or memory-mapped input is never converted whole first)."""
+    own = in_place and table.dtype == torch.float32 and table.is_contiguous()
+    out = table if own else torch.empty(table.shape, dtype=torch.float32, device=table.device)
     with torch.no_grad():
         for start, rows in row_chunks(table):
-            table[start:start + len(rows)] = _standardise(rows, eps)
-    return table.detach()
+            out[start:start + len(rows)] = _standardise(rows, eps)
+    return out.detach()
 
 
 def principal_basis(table: torch.Tensor, r: int, eps: float, sample_rows: int = SAMPLE_ROWS) -> torch.Tensor:
@@ -54,7 +113,7 @@ def principal_basis(table: torch.Tensor, r: int, eps: float, sample_rows: int = 
     N, D = table.shape
     if N > sample_rows:
         rows = torch.randperm(N, generator=torch.Generator().manual_seed(0))[:sample_rows].sort().values.to(table.device)
-        chunks = (table[chunk].float() for chunk in rows.split(4096))
+        chunks = _sampled_chunks(table, rows)
     else:
         chunks = (rows for _, rows in row_chunks(table, elements=4096 * D))
     gram = torch.zeros(D, D, dtype=torch.float64)
@@ -65,6 +124,16 @@ def principal_basis(table: torch.Tensor, r: int, eps: float, sample_rows: int = 
     basis = vectors[:, torch.argsort(values, descending=True)[:r]]
     signs = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
     return (basis * signs).float().contiguous()
+
+
+def _sampled_chunks(table: torch.Tensor, rows: torch.Tensor) -> Iterator[torch.Tensor]:
+    """``table[rows]`` (sorted ids) in chunks of 4096 rows, as float32; a memory-mapped table's pages in the
+    span of each chunk are released after it (the kernel maps whole runs of cached pages around each read)."""
+    mapped = is_read_only_file_mapping(table)
+    for chunk in rows.split(4096):
+        yield table[chunk].float()
+        if mapped:
+            _drop_rows(table, int(chunk[0]), int(chunk[-1]) + 1)
 
 
 def reduce_table(table: torch.Tensor, basis: torch.Tensor, eps: float) -> torch.Tensor:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -95,6 +97,43 @@ def test_a_float16_memory_map_is_reduced_in_chunks_never_copied_whole(tmp_path):
     assert scores.shape == (4, N) and torch.isfinite(scores).all()
     loss = model.calculate_loss(synthetic_batch(model, 4, 8, "cpu", train=True))
     assert torch.isfinite(loss)
+
+
+def _resident_bytes(table: torch.Tensor) -> int:
+    """Resident bytes of the /proc/self/smaps mapping that holds ``table``."""
+    start, found = table.data_ptr(), None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                low, high = (int(x, 16) for x in head.split("-"))
+                found = low <= start < high
+            elif found and line.startswith("Rss:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("mapping not found")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/maps and madvise: Linux")
+def test_one_pass_over_a_memory_mapped_table_releases_its_pages_and_keeps_its_data(tmp_path):
+    from fusionlayer.reduction import is_read_only_file_mapping, normalize_rows, row_chunks
+
+    data = np.random.default_rng(0).standard_normal((4096, 512)).astype(np.float16)  # 4 MiB
+    np.save(tmp_path / "t.npy", data)
+    mapped = torch.from_numpy(np.load(tmp_path / "t.npy", mmap_mode="r"))
+    assert is_read_only_file_mapping(mapped)
+    assert not is_read_only_file_mapping(torch.from_numpy(data))  # anonymous memory: never released
+    assert not is_read_only_file_mapping(torch.from_numpy(np.load(tmp_path / "t.npy", mmap_mode="c")))  # private
+    assert not is_read_only_file_mapping(torch.from_numpy(np.load(tmp_path / "t.npy", mmap_mode="r+")))  # writable
+    float(mapped.float().sum())  # every page resident
+    assert _resident_bytes(mapped) >= data.nbytes
+    sums = [float(rows.sum()) for _, rows in row_chunks(mapped, elements=512 * 1024)]  # 4 chunks of 1 MiB
+    assert _resident_bytes(mapped) < data.nbytes // 4  # released chunk by chunk
+    assert sums == [float(torch.from_numpy(data[i:i + 1024]).float().sum()) for i in range(0, 4096, 1024)]
+    assert torch.equal(mapped, torch.from_numpy(data))  # read back from the file, unchanged
+    owned = torch.from_numpy(data.astype(np.float32))
+    normalize_rows(owned, 1e-12, in_place=True)  # anonymous float32 written in place: the rows standardised
+    assert torch.allclose(owned, normalize_rows(mapped, 1e-12), atol=1e-5)
+    assert torch.allclose(owned.mean(dim=1), torch.zeros(4096), atol=1e-4)
 
 
 def test_reduction_keeps_the_leading_directions_of_a_low_rank_table():
