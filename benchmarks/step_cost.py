@@ -20,6 +20,7 @@ subprocess so its memory is its own:
     python -m benchmarks.step_cost --profile                     # + torch.profiler top ops per attached model
     python -m benchmarks.step_cost --device cuda --out benchmarks/results/step-cost-cuda.json
     python -m benchmarks.step_cost --markdown-only --before benchmarks/results/step-cost-cpu-before.json
+    python -m benchmarks.step_cost --before benchmarks/results/step-cost-cpu-before.json --readme README.md
 """
 
 from __future__ import annotations
@@ -213,6 +214,45 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def readme_block(result: dict, before: dict | None = None) -> str:
+    """The README's block: provenance, the table (each attached step beside its ``before`` figure, if given)
+    and every target, met or missed by how much, from the numbers of ``result`` alone."""
+    old = {(r["model"], r["variant"]): r for r in (before or {}).get("rows", []) if r.get("status") == "ok"}
+    lines = [f"`{result['command']}` at commit `{result['commit']}`, {result['device']}, torch {result['torch']}, "
+             f"{result['date']}" + (f"; before: `{before['command']}` at commit `{before['commit']}`, {before['date']}"
+                                    if before else ""), ""]
+    head = "| model | variant | batch | step ms | x plain | added ms | FLOP floor ms | predict b1 p50 / p99 ms | " \
+           "predict b256 p50 ms | epoch s |"
+    lines += [head, "|" + "---|" * 10]
+    for r in result["rows"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['model']} | {r['variant']} | | {r['status']} |" + " |" * 6)
+            continue
+        was = old.get((r["model"], r["variant"]))
+        step = f"{r['step_ms']:.1f}" + (f" (before: {was['step_ms']:.1f})" if was and r["variant"] != "plain" else "")
+        ratio = (f"{r['step_ratio']:.2f}" + (f" (before: {was['step_ratio']:.2f})" if was and "step_ratio" in was else "")
+                 if "step_ratio" in r else "")
+        lines.append(f"| {r['model']} | {r['variant']} | {r['batch_size']} | {step} | {ratio} | {r.get('added_ms', '')} | "
+                     f"{r.get('floor_ms', '')} | {r['predict_b1']['p50_ms']:.2f} / {r['predict_b1']['p99_ms']:.2f} | "
+                     f"{r['predict_b256']['p50_ms']:.1f} | {r.get('epoch_s', '')} |")
+    lines += ["", "Targets:", ""]
+    for r in result["rows"]:
+        if "met" not in r:
+            continue
+        verdict = "met" if r["met"] else "**missed**"
+        if r["model"] in TARGETS:
+            lines.append(f"- {r['model']}: attached step {r['step_ratio']:.2f}x plain, target <= {TARGETS[r['model']]}x: "
+                         f"{verdict}.")
+        else:
+            bar = 3 * r["floor_ms"] + 1
+            lines.append(f"- {r['model']}: attaching adds {r['added_ms']:.1f} ms per step, target <= 3 x floor "
+                         f"{r['floor_ms']:.1f} + 1 = {bar:.1f} ms: {verdict}" +
+                         ("." if r["met"] else f" ({r['added_ms'] / bar:.1f}x over)."))
+        lines[-1] += (f" Batch-1 prediction adds {r['predict_b1_added_ms']:.2f} ms (target <= 1 ms): "
+                      f"{'met' if r['predict_met'] else '**missed**'}.")
+    return "\n".join(lines)
+
+
 def markdown(result: dict, before: dict | None = None) -> str:
     """The table and where the time goes (the profile's top ops), after and, if given, before."""
     parts = []
@@ -245,6 +285,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--before", type=Path, default=None,
                         help="an earlier results file to show before this run in the markdown summary (<out>.md)")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite <out>.md from <out> and --before, run nothing")
+    parser.add_argument("--readme", type=Path, default=None, help="also rewrite this README's stepcost block")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.models = names(parser, args.models, MODELS, "--models")
@@ -266,7 +307,7 @@ def main(argv=None) -> int:
         return reply(measure(model_name, variant, args))
     before = json.loads(args.before.read_text()) if args.before else None
     if args.markdown_only:
-        atomic_write_bytes(args.out.with_suffix(".md"), markdown(json.loads(args.out.read_text()), before).encode())
+        publish(json.loads(args.out.read_text()), before, args)
         return 0
     rows = []
     for name in args.models:
@@ -276,9 +317,18 @@ def main(argv=None) -> int:
     add_ratios(rows)
     result = {**provenance("benchmarks.step_cost", argv, args.device), "rows": rows}
     atomic_write_bytes(args.out, json.dumps(result, indent=1).encode())
-    atomic_write_bytes(args.out.with_suffix(".md"), markdown(result, before).encode())
+    publish(result, before, args)
     print(table(result))
     return 0
+
+
+def publish(result: dict, before: dict | None, args) -> None:
+    """``<out>.md`` (tables and profiles) and, with ``--readme``, the README's stepcost block."""
+    from benchmarks.report import update_readme
+
+    atomic_write_bytes(args.out.with_suffix(".md"), markdown(result, before).encode())
+    if args.readme:
+        update_readme(args.readme, readme_block(result, before), block="stepcost")
 
 
 if __name__ == "__main__":

@@ -254,3 +254,35 @@ def test_ablation_report_compares_on_validation(tmp_path):
     with pytest.raises(SystemExit):  # a folder with no results: a clear error, no report.md
         report.main(["--results", str(main_path), "--ablation", str(tmp_path / "empty")])
     assert not (tmp_path / "empty" / "report.md").exists()
+
+
+def _cost_row(model, variant, step_ms, flops, b1_ms, batch=256):
+    return {"model": model, "variant": variant, "status": "ok", "batch_size": batch, "step_ms": step_ms, "flops": flops,
+            "gemm_gflops": 100.0, "predict_b1": {"p50_ms": b1_ms, "p99_ms": b1_ms * 2},
+            "predict_b256": {"p50_ms": 10.0}, "peak_mem_bytes": 0}
+
+
+def test_step_cost_targets_and_readme_block(tmp_path):
+    from benchmarks import step_cost
+
+    rows = [_cost_row("BPR", "plain", 2.0, 1e9, 0.1, 2048), _cost_row("BPR", "fusion", 30.0, 2e9, 0.6, 2048),
+            _cost_row("SASRec", "plain", 200.0, 1e11, 1.0), _cost_row("SASRec", "fusion", 250.0, 1.01e11, 2.5)]
+    step_cost.add_ratios(rows)
+    bpr, sasrec = rows[1], rows[3]
+    assert bpr["floor_ms"] == 10.0 and bpr["added_ms"] == 28.0 and bpr["met"]  # 28 <= 3 x 10 + 1
+    assert sasrec["step_ratio"] == 1.25 and not sasrec["met"] and not sasrec["predict_met"]  # 1.25 > 1.15; +1.5 ms
+    result = {"command": "python -m benchmarks.step_cost", "commit": "abc", "device": "cpu", "torch": "2", "date": "d",
+              "rows": rows}
+    before = {**result, "commit": "old", "rows": [{**sasrec, "step_ms": 400.0, "step_ratio": 2.0}]}
+    block = step_cost.readme_block(result, before)
+    assert "250.0 (before: 400.0)" in block and "1.25 (before: 2.00)" in block
+    assert "- BPR: attaching adds 28.0 ms per step, target <= 3 x floor 10.0 + 1 = 31.0 ms: met." in block
+    assert "- SASRec: attached step 1.25x plain, target <= 1.15x: **missed**." in block
+    assert "adds 1.50 ms (target <= 1 ms): **missed**" in block
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- stepcost:begin -->\nold\n<!-- stepcost:end -->\ny\n")
+    out = tmp_path / "cost.json"
+    out.write_text(json.dumps(result))
+    assert step_cost.main(["--markdown-only", "--out", str(out), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and "at commit `abc`" in text and text.endswith("<!-- stepcost:end -->\ny\n")
