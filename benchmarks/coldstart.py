@@ -144,6 +144,11 @@ def split_metrics(ranks: dict[str, np.ndarray], targets: np.ndarray, cold_ids: n
     return out
 
 
+def state_dir(args, model: str, variant: str, seed: int) -> Path:
+    """A run's resumable state (``benchmarks/resume.py``) until its line is written."""
+    return compat.run_state_dir(args.out, (model, variant, seed, f"cold{args.cold_seed}", PROTOCOL, bool(args.quick)))
+
+
 def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_tokens: set[str]) -> dict:
     """Train (unless ContentKNN) on the cold-start dataset and rank the test users."""
     fusion = {**hparams["fusion"], **({"cold_dropout": args.cold_dropout} if variant == "fusion+cold" else {})}
@@ -164,7 +169,10 @@ def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_token
         net, trained = ContentKNN(tables, built.ITEM_SEQ, built.USER_ID), {"epochs_run": 0}
     else:
         keep_unseen_items_out_of_training(built, train_data, np.flatnonzero(counts[1:] == 0) + 1)
-        net, trained = built, compat.train_and_rank(config, built, data, args.device, seed)
+        fingerprint = {"model": model, "variant": variant, "seed": seed, "cold_seed": args.cold_seed, "protocol": PROTOCOL,
+                       "quick": bool(args.quick), "recipe": recipe, "device": args.device}
+        net, trained = built, compat.train_and_rank(config, built, data, args.device, seed,
+                                                    state_dir=state_dir(args, model, variant, seed), fingerprint=fingerprint)
         trained.pop("ranks")
     ranks = rank_users(net, test_data, counts, args.device, seed) if knn else \
         rank_users(built, test_data, counts, args.device, seed)
@@ -235,6 +243,7 @@ def main(argv=None) -> int:
                     logger.info("%s %s seed %d", model, variant, seed)
                     row = run_one(model, variant, seed, args, hparams, cold)
                     append_result(args.out, row)
+                    shutil.rmtree(state_dir(args, model, variant, seed), ignore_errors=True)
                     logger.info("  cold ndcg@10 %s (%d users), warm %s", row["cold"]["ndcg@10"], row["cold"]["users"],
                                 row["warm"]["ndcg@10"])
     finally:

@@ -7,7 +7,9 @@ MLPMixerRec (ID only) and M2SR, over seeds. Protocol in ``fusionlayer.data.recbo
 a re-run skips what is recorded, so the grid completes over several sittings. Several processes
 may share one results file: each run is claimed first (``<results>.claims/<run>.json``, created
 with O_EXCL, removed when the run's line is written), so no two live workers train the same run; a
-claim left by a process that died on this host is taken over.
+claim left by a process that died on this host is taken over. A run that is stopped part-way resumes
+from its last finished epoch (``<results>.runs/<run>/``, see ``benchmarks/resume.py``); the line records
+the epochs it resumed at (``resumed_at``).
 
     python -m benchmarks.compat                     # the full ML-100K grid (hours on 2 CPU cores)
     python -m benchmarks.compat --workers 2 --threads 1   # two single-thread worker processes
@@ -123,17 +125,22 @@ def build_run(model_name: str, variant: str, seed: int, args, hparams: dict, *, 
     return config, dataset, (train_data, valid_data, test_data), model.to(args.device)
 
 
-def train_and_rank(config, model, data, device: str, seed: int) -> dict:
-    """Fit with RecBole's own Trainer (early stopping), reload the best epoch, rank validation and test users."""
+def train_and_rank(config, model, data, device: str, seed: int, *, state_dir: Path | None = None,
+                   fingerprint: dict | None = None) -> dict:
+    """Fit with RecBole's own Trainer (early stopping), reload the best epoch, rank validation and test users.
+
+    With ``state_dir`` the training is resumable (:class:`benchmarks.resume.ResumableTrainer`): a run cut
+    short continues from its last finished epoch when started again with the same ``fingerprint``."""
     from recbole.trainer import Trainer
 
+    from benchmarks.resume import ResumableTrainer
     from fusionlayer.recbole_compat import load_checkpoint
 
     train_data, valid_data, test_data = data
-    trainer = Trainer(config, model)
+    trainer = Trainer(config, model) if state_dir is None else ResumableTrainer(config, model, state_dir, fingerprint)
     start = time.perf_counter()
     trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False)
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - start if state_dir is None else trainer.train_seconds
     best_epoch = int(load_checkpoint(trainer.saved_model_file, map_location=device)["epoch"])
     start = time.perf_counter()
     recbole_test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
@@ -145,11 +152,18 @@ def train_and_rank(config, model, data, device: str, seed: int) -> dict:
     return {"ranks": ranks, "recbole_test": {k: round(float(v), 6) for k, v in recbole_test.items()},
             "best_epoch": best_epoch, "epochs_run": epochs, "epoch_cap": int(config["epochs"]),
             "stopped_early": epochs < int(config["epochs"]), "train_seconds": round(train_seconds, 1),
-            "eval_seconds": round(time.perf_counter() - start, 1)}
+            "eval_seconds": round(time.perf_counter() - start, 1),
+            **({"resumed_at": trainer.resumed_at} if getattr(trainer, "resumed_at", None) else {})}
 
 
-def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> dict:
-    """One run of the grid (data, model, training, ranking) as one results line."""
+def run_state_dir(out: Path, key: tuple) -> Path:
+    """Where a run of the results file ``out`` keeps its resumable state until its line is written."""
+    return Path(f"{out}.runs") / "__".join(str(part) for part in key)
+
+
+def run_one(model_name: str, variant: str, seed: int, args, hparams: dict, *, state_dir: Path | None = None) -> dict:
+    """One run of the grid (data, model, training, ranking) as one results line; resumable with ``state_dir``
+    (the caller removes it once the line is written)."""
     import fusionlayer
 
     data_root, dataset_name = Path(args.data_dir) if args.data_dir else None, args.dataset
@@ -166,7 +180,10 @@ def run_one(model_name: str, variant: str, seed: int, args, hparams: dict) -> di
                                                  dataset_name=dataset_name, extra=extra)
         counts = fusionlayer.count_parameters(model)
         recipe = model.fusion_adapter.options.to_dict() if variant == "fusion" else None
-        trained = train_and_rank(config, model, data, args.device, seed)
+        fingerprint = {"dataset": args.dataset, "model": model_name, "variant": variant, "seed": seed,
+                       "quick": bool(args.quick), "hparams": {**hparams["common"], **hparams["models"][model_name]},
+                       "fusion": recipe, "modalities": hparams.get("modalities"), "device": args.device}
+        trained = train_and_rank(config, model, data, args.device, seed, state_dir=state_dir, fingerprint=fingerprint)
     finally:
         shutil.rmtree(extra["checkpoint_dir"], ignore_errors=True)
         if args.quick:
@@ -266,8 +283,9 @@ def main(argv=None) -> int:
             continue
         try:
             logger.info("run %d/%d: %s %s seed %d", count + 1, len(todo), model, variant, seed)
-            row = run_one(model, variant, seed, args, hparams)
+            row = run_one(model, variant, seed, args, hparams, state_dir=run_state_dir(args.out, key))
             append_result(args.out, row)
+            shutil.rmtree(run_state_dir(args.out, key), ignore_errors=True)  # recorded: its snapshot is not needed
         finally:
             claim.unlink(missing_ok=True)
         finished += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -55,10 +56,12 @@ def run(args, space: dict) -> None:
             recipe = {**hparams, "fusion": {**hparams["fusion"], **candidate["options"]}}
             if "modalities" in candidate:
                 recipe["modalities"] = candidate["modalities"]
-            row = compat.run_one(model, "fusion", space["seed"], args, recipe)
+            state_dir = compat.run_state_dir(out, (model, candidate["name"], space["seed"]))
+            row = compat.run_one(model, "fusion", space["seed"], args, recipe, state_dir=state_dir)
             row.update(candidate=candidate["name"], modalities=candidate.get("modalities", ["text", "image"]),
                        command=provenance("benchmarks.tune")["command"])
             compat.append_result(out, row)
+            shutil.rmtree(state_dir, ignore_errors=True)
             logger.info("  valid ndcg@10 %.4f (best epoch %d of %d)", row["valid"]["full"]["ndcg@10"],
                         row["best_epoch"], row["epochs_run"])
 

@@ -192,7 +192,7 @@ def test_workers_share_the_grid_through_claims(tmp_path, monkeypatch):
     out = tmp_path / "r.jsonl"
     ran = []
 
-    def fake_run_one(model, variant, seed, args, hparams):
+    def fake_run_one(model, variant, seed, args, hparams, state_dir=None):
         ran.append((model, variant, seed))
         assert queue.claims_dir(out).joinpath(f"ml-100k__{model}__{variant}__{seed}__False.json").is_file()
         return {**_fake_run(model, variant, seed, [0.1, 0.2, 0.3]), "best_epoch": 1, "epochs_run": 1, "train_seconds": 1.0}
@@ -286,3 +286,50 @@ def test_step_cost_targets_and_readme_block(tmp_path):
     assert step_cost.main(["--markdown-only", "--out", str(out), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "old" not in text and "at commit `abc`" in text and text.endswith("<!-- stepcost:end -->\ny\n")
+
+
+@pytest.mark.parametrize("model, variant", [("GRU4Rec", "plain"), ("BPR", "fusion")])
+def test_a_run_stopped_part_way_resumes_and_trains_as_if_uninterrupted(tmp_path, monkeypatch, model, variant):
+    from recbole.trainer import Trainer
+
+    hparams = compat.load_hparams()
+    hparams["quick"] = {**hparams["quick"], "epochs": 4, "stopping_step": 10}
+    monkeypatch.setattr(compat, "load_hparams", lambda *a, **k: hparams)
+    argv = ["--quick", "--models", model, "--variants", variant, "--threads", "1"]
+    whole = tmp_path / "whole.jsonl"
+    assert compat.main([*argv, "--out", str(whole)]) == 0
+    cut = tmp_path / "cut.jsonl"
+    original = Trainer._train_epoch
+
+    def stop_in_epoch_2(self, train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == 2:
+            raise KeyboardInterrupt  # a stop in the middle of epoch 2, after its snapshot
+        return original(self, train_data, epoch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", stop_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        compat.main([*argv, "--out", str(cut)])
+    state_dir = compat.run_state_dir(cut, ("ml-100k", model, variant, 0, True))
+    assert (state_dir / "state.pth").is_file() and not compat.read_results(cut)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert compat.main([*argv, "--out", str(cut)]) == 0
+    (a,), (b,) = compat.read_results(whole), compat.read_results(cut)
+    assert b["resumed_at"] == [2] and "resumed_at" not in a
+    assert (b["epochs_run"], b["best_epoch"]) == (a["epochs_run"], a["best_epoch"]) == (4, b["best_epoch"])
+    assert b["test"] == a["test"] and b["valid"] == a["valid"]  # the same training, epoch for epoch
+    assert not state_dir.exists()  # recorded: the snapshot is gone
+
+
+def test_a_snapshot_of_another_configuration_is_not_resumed(tmp_path, monkeypatch, caplog):
+    hparams = compat.load_hparams()
+    hparams["quick"] = {**hparams["quick"], "epochs": 3, "stopping_step": 10}
+    monkeypatch.setattr(compat, "load_hparams", lambda *a, **k: hparams)
+    out = tmp_path / "r.jsonl"
+    state_dir = compat.run_state_dir(out, ("ml-100k", "BPR", "plain", 0, True))
+    state_dir.mkdir(parents=True)
+    torch.save({"fingerprint": {"model": "something else"}, "start_epoch": 2}, state_dir / "state.pth")
+    with caplog.at_level("WARNING", logger="fusionlayer.bench.resume"):
+        assert compat.main(["--quick", "--models", "BPR", "--variants", "plain", "--out", str(out)]) == 0
+    assert "another configuration" in caplog.text
+    (row,) = compat.read_results(out)
+    assert row["epochs_run"] == 3 and "resumed_at" not in row
