@@ -144,6 +144,23 @@ def significance(groups) -> list[str]:
     return lines
 
 
+def resolution(groups) -> list[str]:
+    """How finely one run's test NDCG@10 is measured: the standard error of its per-user mean, as a share of it."""
+    shares = []
+    for runs in groups.values():
+        for run in runs:
+            values = run["per_user"]["ndcg@10"]
+            mean = statistics.fmean(values) if values else 0.0
+            if len(values) > 1 and mean > 0:
+                shares.append(statistics.pstdev(values) / len(values) ** 0.5 / mean)
+    if not shares:
+        return []
+    users = max(len(run["per_user"]["ndcg@10"]) for runs in groups.values() for run in runs)
+    return [f"Resolution: one run's test NDCG@10 is a mean over {users} users, with a standard error of "
+            f"{min(shares) * 100:.0f}-{max(shares) * 100:.0f} % of its value across the runs above; a single seed "
+            f"cannot tell a 10 % effect from noise, which is why the verdicts pool every seed per user."]
+
+
 def _mean_ndcg(runs: list[dict]) -> float:
     return statistics.fmean(r["test"]["full"]["ndcg@10"] for r in runs)
 
@@ -295,6 +312,7 @@ def report(results: Path, dataset: str, quick: bool = False) -> str:
              "## Test metrics, 100 uniformly sampled negatives (secondary; same users and models)", "",
              *metric_table(groups, "uni100"), "",
              "## Paired significance (per-user test NDCG@10, full ranking)", "", *significance(groups), "",
+             *resolution(groups), "",
              "## Targets", "", *verdicts(groups), "",
              "## Converged plain baselines against the reference runs", "", *reference_check(groups), "",
              "## Training per run (early stopping on validation MRR@10)", "", *training_table(groups), "",
@@ -319,7 +337,8 @@ def readme_section(results: Path, dataset: str) -> str:
              f"`{rel[:-len('.jsonl')]}.md`; raw lines: `{rel}`; chart: `{rel[:-len('.jsonl')]}.png`.", "",
              "Test metrics, full ranking over all items (mean ± std over seeds):", "", *metric_table(groups, "full"), "",
              "Paired significance on per-user test NDCG@10 (one-sided Wilcoxon signed-rank, H1: fusion > plain):", "",
-             *significance(groups), "", "Targets (+10 % NDCG@10 with p < 0.05 per backbone; M2SR >= best plain):", "",
+             *significance(groups), "", *resolution(groups), "",
+             "Targets (+10 % NDCG@10 with p < 0.05 per backbone; M2SR >= best plain):", "",
              *verdicts(groups), "", "Converged plain baselines against the reference runs:", "", *reference_check(groups)]
     return "\n".join(lines)
 

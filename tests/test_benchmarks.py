@@ -158,6 +158,8 @@ def test_report_verdicts_and_readme_block(tmp_path):
     text = "\n".join(lines)
     assert "**GRU4Rec**" in text and "target met" in next(line for line in lines if "GRU4Rec" in line)
     assert "did **not** improve" in next(line for line in lines if "**BPR**" in line)
+    (note,) = report.resolution({("x", "plain"): [_fake_run("x", "plain", 0, [0.0, 0.2, 0.0, 0.2])]})
+    assert "mean over 4 users" in note and "50-50 %" in note  # sd 0.1, se 0.05, mean 0.1
     sasrec = next(line for line in lines if "**SASRec**" in line)
     assert "gain below +10%" in sasrec and "provisional" in sasrec
     assert "no paired" in next(line for line in lines if "**FPMC**" in line)
