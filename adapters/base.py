@@ -232,13 +232,17 @@ class FusionAdapter(nn.Module):
         return [*self.normalized_tables().values(), self.item_present,
                 *(p for name in self.modalities for p in self.fusion.projections[name].parameters())]
 
+    def caching(self) -> bool:
+        """Inference (eval mode, autograd off): values may be kept across calls (the inference cache)."""
+        return not (torch.is_grad_enabled() or self.training)
+
     def _memoised(self, key: str, inputs: list[torch.Tensor], compute):
         """``compute()``, once per entry-point call; in eval mode with autograd off, across calls too
         while none of ``inputs`` has changed storage or version."""
         scope = self._scope
         if scope is not None and key in scope:
             return scope[key]
-        if torch.is_grad_enabled() or self.training:
+        if not self.caching():
             self._memo.clear()
             value = compute()
         else:
@@ -314,7 +318,7 @@ class FusionAdapter(nn.Module):
         histories over a large catalogue never project every item)."""
         scoped = self._scope is not None and f"weight:{name}" in self._scope
         rows_only = self.rows_fraction * base_layer.num_embeddings
-        few = not scoped and (torch.is_grad_enabled() or self.training) and ids.numel() < rows_only
+        few = not scoped and not self.caching() and ids.numel() < rows_only
         unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True) if few else (None, None)
         if unique is None or unique.numel() >= rows_only:
             return F.embedding(ids, self.fused_weight(name, base_layer.weight), base_layer.padding_idx)
@@ -346,8 +350,7 @@ class FusionAdapter(nn.Module):
         """
         tables, sequences, mask = {}, {}, item_seq != 0
         scoped = self._scope is not None and "projected_tables" in self._scope
-        cached = not (torch.is_grad_enabled() or self.training)  # inference: the whole tables, kept across calls
-        if not (scoped or cached) and item_seq.numel() < self.rows_fraction * self.item_present.shape[0]:
+        if not (scoped or self.caching()) and item_seq.numel() < self.rows_fraction * self.item_present.shape[0]:
             # a large catalogue: project only the rows the histories use, indexed by their place among them
             unique, inverse = torch.unique(item_seq, return_inverse=True)
             projected, item_seq = self._projected_rows(unique), inverse.view_as(item_seq)

@@ -90,8 +90,8 @@ class BPRAdapter(FusionAdapter):
             return self.base_get_user_embedding(user)
         users, inverse = torch.unique(user, return_inverse=True)  # a batch repeats users: fuse each once
         history, embedding = self.history[users], self.model.item_embedding
-        training = torch.is_grad_enabled() or self.training  # inference: the whole fused table, cached across calls
-        if training and history.numel() < self.rows_fraction * embedding.num_embeddings:  # the histories' rows only
+        # inference reads the whole fused table (cached across calls); training the histories' rows only
+        if not self.caching() and history.numel() < self.rows_fraction * embedding.num_embeddings:
             fused = self.fuse_history(history, id_sequence=embedding(history))
         else:
             fused = self.fuse_history(history, id_table=embedding.weight)

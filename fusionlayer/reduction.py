@@ -12,6 +12,7 @@ columns per item, which is what keeps a million-item catalogue's step close to t
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import sys
 from typing import Iterator, Mapping
@@ -19,7 +20,7 @@ from typing import Iterator, Mapping
 import torch
 import torch.nn.functional as F
 
-__all__ = ["normalize_rows", "principal_basis", "reduce_table", "reduce_tables", "release_pages", "row_chunks"]
+__all__ = ["normalize_rows", "principal_basis", "reduce_table", "reduce_tables", "row_chunks"]
 
 CHUNK_ELEMENTS = 1 << 24  # about 64 MB of float32 per chunk
 SAMPLE_ROWS = 65536  # rows the principal directions are estimated from
@@ -30,7 +31,7 @@ def row_chunks(table: torch.Tensor, elements: int = CHUNK_ELEMENTS, *,
     """``(start, rows)`` over ``table`` in chunks of about ``elements`` values, as float32 (or as stored).
 
     A read-only memory-mapped table (``numpy.load(..., mmap_mode="r")``) has each chunk's pages released
-    once the caller moves on (:func:`release_pages`), so one pass over it never holds the whole file resident.
+    once the caller moves on (:func:`_drop_rows`), so one pass over it never holds the whole file resident.
     """
     step = max(1, elements // max(1, table.shape[1]))
     mapped = is_read_only_file_mapping(table)
@@ -43,7 +44,7 @@ def row_chunks(table: torch.Tensor, elements: int = CHUNK_ELEMENTS, *,
 
 def is_read_only_file_mapping(table: torch.Tensor) -> bool:
     """Whether ``table``'s memory is a shared, read-only mapping of a file (``/proc/self/maps`` "r--s"):
-    the only memory whose pages :func:`release_pages` may drop (they are read back from the file on access).
+    the only memory whose pages :func:`_drop_rows` may drop (they are read back from the file on access).
     False off Linux, for anything else (private, writable, anonymous memory), and for non-contiguous tables."""
     if table.device.type != "cpu" or not table.is_contiguous() or table.numel() == 0 or not sys.platform.startswith("linux"):
         return False
@@ -62,16 +63,10 @@ def is_read_only_file_mapping(table: torch.Tensor) -> bool:
     return found
 
 
-def release_pages(table: torch.Tensor, start: int, stop: int) -> None:
-    """Drop rows ``start:stop`` of a read-only memory-mapped ``table`` from this process's resident memory
-    (``madvise(MADV_DONTNEED)``); the data stays in the file and the page cache and is read back on access.
-    Does nothing unless :func:`is_read_only_file_mapping` holds: on private or anonymous memory the same call
-    would zero the data."""
-    if is_read_only_file_mapping(table):
-        _drop_rows(table, start, stop)
-
-
 def _drop_rows(table: torch.Tensor, start: int, stop: int) -> None:
+    """Drop rows ``start:stop`` of ``table`` from this process's resident memory (``madvise(MADV_DONTNEED)``);
+    the data stays in the file and the page cache and is read back on access. Only for tables where
+    :func:`is_read_only_file_mapping` holds: on private or anonymous memory the same call would zero the data."""
     row_bytes = table.stride(0) * table.element_size()
     page = mmap.PAGESIZE
     low = (table.data_ptr() + start * row_bytes) // page * page
@@ -83,6 +78,7 @@ def _drop_rows(table: torch.Tensor, start: int, stop: int) -> None:
 MADV_DONTNEED = 4  # Linux
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
