@@ -221,6 +221,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fusion-option", action="append", default=[], metavar="KEY=VALUE",
                         help="override one attach() option of compat_config.json's 'fusion' block (repeatable); "
                              "runs only the backbones' +fusion variants and needs its own --out")
+    parser.add_argument("--patience", type=int, default=None, metavar="N",
+                        help="early-stopping patience (evaluations without improvement) instead of compat_config.json's "
+                             "stopping_step, for a patience study; needs its own --out")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -249,6 +252,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "a variant's runs must not mix into the main grid, whose rows are keyed without it")
         if not set(args.models) & set(BACKBONES):
             parser.error(f"--fusion-option applies to the backbones {BACKBONES}, got --models {','.join(args.models)}")
+    if args.patience is not None:
+        if args.patience < 1:
+            parser.error(f"--patience must be >= 1, got {args.patience}")
+        if args.out is None or args.out.resolve() == default_out.resolve():
+            parser.error("--patience needs its own --out (e.g. benchmarks/results/tuning/patience-<n>.jsonl): "
+                         "the main grid's runs all share compat_config.json's stopping_step")
     if args.out is None:
         args.out = default_out
     return args
@@ -265,6 +274,8 @@ def main(argv=None) -> int:
         return run_workers(args, sys.argv[1:] if argv is None else list(argv))
     hparams = load_hparams()
     hparams["fusion"] = {**hparams["fusion"], **args.fusion_options}
+    if args.patience is not None:
+        hparams["common"]["stopping_step"] = args.patience
     git_commit()
     done = {run_key(r) for r in read_results(args.out)}
     runs = grid(args.models, args.seeds, fusion_only=bool(args.fusion_options), only=args.variants)

@@ -233,6 +233,14 @@ def test_fusion_options_are_checked_before_training(tmp_path):
     assert compat.grid(args.models, [0, 1], fusion_only=True) == [("BPR", "fusion", 0), ("BPR", "fusion", 1)]
 
 
+def test_patience_study_needs_its_own_results_file(tmp_path):
+    for argv in (["--patience", "30"], ["--patience", "0", "--out", str(tmp_path / "p.jsonl")]):
+        with pytest.raises(SystemExit):  # the main grid's rows all share compat_config.json's patience
+            compat.parse_args(argv)
+    args = compat.parse_args(["--patience", "30", "--models", "BPR", "--out", str(tmp_path / "p.jsonl")])
+    assert args.patience == 30 and compat.parse_args([]).patience is None
+
+
 def test_ablation_report_compares_on_validation(tmp_path):
     base = list(np.linspace(0.0, 0.2, 30))
     main_path, ablation = tmp_path / "main.jsonl", tmp_path / "ablation"
