@@ -380,9 +380,13 @@ class FusionAdapter(nn.Module):
                 "so that it holds the fusion parameters.", UserWarning, stacklevel=4)
 
     # ---------------------------------------------------------------- growing the catalogue
-    def add_items(self, tables: Mapping[str, torch.Tensor], tokens: list[str]) -> list[int]:
-        """Append items known only by their content; returns their new internal ids (see ``fusionlayer.add_items``)."""
+    def add_items(self, tables: Mapping[str, torch.Tensor], tokens: list[str],
+                  grown: list[torch.Tensor] | None = None) -> list[int]:
+        """Append items known only by their content; returns their new internal ids (see ``fusionlayer.add_items``).
+
+        ``grown`` (a list, if given) receives the Parameters that gained rows (the ID embeddings)."""
         model, n_new = self.model, len(tokens)
+        grown = [] if grown is None else grown
         reference = next(iter(self.normalized_tables().values()))
         tables = {name: reduce_table(t, getattr(self, f"basis_{name}").cpu(), self.options.layer_norm_eps)
                   if hasattr(self, f"basis_{name}") else t for name, t in tables.items()}
@@ -399,6 +403,7 @@ class FusionAdapter(nn.Module):
             with torch.no_grad():  # same Parameter object, more rows (zero: the new items have no ID signal)
                 embedding.weight.data = torch.cat([embedding.weight.data, embedding.weight.data.new_zeros(n_new, embedding.embedding_dim)])
             embedding.num_embeddings += n_new
+            grown.append(embedding.weight)
         first = int(model.n_items)
         model.n_items = first + n_new
         if self.item_tokens is not None:

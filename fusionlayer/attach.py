@@ -9,6 +9,7 @@ scores exactly like the base model until it trains. ``detach`` restores the orig
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Mapping
 
 import torch
@@ -148,24 +149,34 @@ def load_backbone_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
     return model
 
 
-def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str]) -> list[int]:
+def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], *,
+              optimizer: torch.optim.Optimizer | None = None) -> list[int]:
     """Add items to an attached model without retraining; returns their internal ids (``n_items`` onwards).
 
     The new items have no ID embedding (zero rows) and are scored from their content alone, in
     ``full_sort_predict`` (new columns at the end) and ``predict``; existing items' scores do not change.
     Train with ``attach(..., cold_dropout=0.3)`` (or similar) so that content alone scores well.
 
+    The ID embeddings gain rows in place (the same Parameter objects). To go on training with an optimizer
+    built before this call, pass it as ``optimizer``: its per-parameter state (Adam's moments, SGD's
+    momentum) gains zero rows for the new items. An optimizer holding the old shapes that was not passed
+    here refuses its next ``step()`` with an error that says so (instead of a shape error inside torch).
+
     Args:
         model: an attached model.
         features: ``{modality: (len(tokens), D)}`` rows for exactly the modalities the model was attached
             with, e.g. ``FeatureStore(...).get(...)`` rows of the new tokens (float, finite).
         tokens: the new items' tokens (unique; none may already be in the model's dataset).
+        optimizer: optional optimizer over the model's parameters whose state should follow the new rows.
 
     Raises:
         ValueError: not attached, empty/duplicate/existing tokens, wrong modalities, rows or widths, NaN/Inf.
+        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``.
     """
     if not is_attached(model):
         raise ValueError(f"{type(model).__name__} has no fusion layer attached; attach(model, features) first")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (the one training this model), got {type(optimizer).__name__}")
     adapter = model.fusion_adapter
     tokens = [str(t) for t in tokens] if not isinstance(tokens, str) else [tokens]
     if not tokens:
@@ -183,4 +194,48 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str]) 
     if wrong:
         raise ValueError(f"features have {wrong} rows for {len(tokens)} tokens; give one row per new item")
     tables = as_feature_tables(features, len(tokens), expected_dims=widths)
-    return adapter.add_items(tables, tokens)
+    grown: list[torch.Tensor] = []
+    ids = adapter.add_items(tables, tokens, grown)
+    for param in grown:
+        _GROWN[param] = None
+        if optimizer is not None:
+            _grow_optimizer_state(optimizer, param)
+    _install_stale_state_check()
+    return ids
+
+
+# Parameters that add_items grew (weakly held), and one global optimizer pre-step check over them.
+_GROWN: "weakref.WeakKeyDictionary[torch.Tensor, None]" = weakref.WeakKeyDictionary()
+_STALE_CHECK: list = []
+
+
+def _grow_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> None:
+    """Pad every per-parameter state tensor shaped like the old ``param`` (Adam's moments, momentum) with zero rows."""
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    for key, value in list(state.items()):
+        if isinstance(value, torch.Tensor) and value.dim() == param.dim() >= 1 and value.shape[1:] == param.shape[1:] \
+                and value.shape[0] < param.shape[0]:
+            state[key] = torch.cat([value, value.new_zeros(param.shape[0] - value.shape[0], *value.shape[1:])])
+
+
+def _check_stale_state(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    for param in list(_GROWN.keys()):
+        state = optimizer.state.get(param)
+        if not state:
+            continue
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape != param.shape \
+                    and value.shape[1:] == param.shape[1:]:
+                raise ValueError(
+                    f"{type(optimizer).__name__}'s state {key!r} has {value.shape[0]} rows for a parameter that "
+                    f"fusionlayer.add_items grew to {param.shape[0]} rows; pass the optimizer to add_items "
+                    "(add_items(model, features, tokens, optimizer=opt)) or build a new optimizer after adding items")
+
+
+def _install_stale_state_check() -> None:
+    if not _STALE_CHECK:
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        _STALE_CHECK.append(register_optimizer_step_pre_hook(_check_stale_state))

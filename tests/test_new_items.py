@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import fusionlayer
+from recbole.data.interaction import Interaction
 from conftest import backbone_class, random_features
 
 pytestmark = pytest.mark.needs_ml100k
@@ -48,7 +49,7 @@ def test_added_items_are_scored_and_old_scores_do_not_change(name, setups):
     assert after.shape[1] == n_old + 100
     assert torch.equal(after[:, :n_old], before)  # old items: bit for bit
     assert torch.isfinite(after[:, n_old:]).all() and after[:, n_old:].std() > 0  # new items: scored from content
-    pair = batch.copy(batch) if hasattr(batch, "copy") else batch
+    pair = Interaction({key: value.clone() for key, value in batch.interaction.items()})  # the fixture's batch stays as it is
     item_field = model.ITEM_ID if hasattr(model, "ITEM_ID") else "item_id"
     pair[item_field] = torch.full_like(pair[item_field], ids[0])
     with torch.no_grad():
@@ -71,6 +72,40 @@ def test_add_items_errors(case, features, tokens, words, setups):
         fusionlayer.add_items(model, features, tokens)
     assert model.n_items == n
 
+
+
+@pytest.mark.parametrize("name", ["SASRec", "BPR"])
+def test_training_goes_on_after_adding_items(name, setups):
+    """An optimizer passed to add_items keeps training (Adam's moments gain zero rows); one that was not
+    refuses its next step with a clear error instead of a shape error inside torch."""
+    def trained_one_step(model):
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        model.train()
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return optimizer
+
+    model, _, batch, _ = attached(name, setups)
+    stale = trained_one_step(model)
+    fusionlayer.add_items(model, new_rows(3), ["x1", "x2", "x3"])
+    model.calculate_loss(batch).backward()
+    with pytest.raises(ValueError, match="grew to .* pass the optimizer to add_items"):
+        stale.step()
+
+    model, _, batch, _ = attached(name, setups)
+    optimizer = trained_one_step(model)
+    fusionlayer.add_items(model, new_rows(3), ["x1", "x2", "x3"], optimizer=optimizer)
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[0] == model.n_items:
+                assert torch.equal(value[-3:], torch.zeros_like(value[-3:]))  # new rows: no history
+    model.calculate_loss(batch).backward()
+    optimizer.step()  # trains on
+    assert any(isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[0] == model.n_items
+               for state in optimizer.state.values() for v in state.values())
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        fusionlayer.add_items(model, new_rows(1), ["x4"], optimizer="adam")
 
 def test_cold_dropout_hides_ids_in_training_only_for_a_share_and_cold_items_always(setups):
     model, train, batch, _ = attached("SASRec", setups, cold_dropout=0.5)
