@@ -153,7 +153,8 @@ def train_and_rank(config, model, data, device: str, seed: int, *, state_dir: Pa
             "best_epoch": best_epoch, "epochs_run": epochs, "epoch_cap": int(config["epochs"]),
             "stopped_early": epochs < int(config["epochs"]), "train_seconds": round(train_seconds, 1),
             "eval_seconds": round(time.perf_counter() - start, 1),
-            **({"resumed_at": trainer.resumed_at} if getattr(trainer, "resumed_at", None) else {})}
+            **({"resumed_at": trainer.resumed_at} if getattr(trainer, "resumed_at", None) else {}),
+            **({"valid_curve": trainer.valid_curve} if getattr(trainer, "valid_curve", None) else {})}
 
 
 def run_state_dir(out: Path, key: tuple) -> Path:

@@ -58,8 +58,10 @@ class ResumableTrainer(Trainer):
         state_dir: the run's own folder: the snapshot and the best epoch's checkpoint.
         fingerprint: what identifies the run (JSON-like); a snapshot is resumed only under the same one.
 
-    After ``fit``: ``train_seconds`` (wall time of training over every sitting) and ``resumed_at`` (the
-    epochs at which a sitting started from a snapshot; empty for a run trained in one go).
+    After ``fit``: ``train_seconds`` (wall time of training over every sitting), ``resumed_at`` (the
+    epochs at which a sitting started from a snapshot; empty for a run trained in one go) and
+    ``valid_curve`` (``[{"epoch": e, <metric>: value, ...}]``, one entry per validation; a run resumed from
+    a snapshot written before curves were kept starts its curve at the resumed epoch).
     """
 
     def __init__(self, config, model, state_dir: Path | str, fingerprint: dict) -> None:
@@ -72,6 +74,8 @@ class ResumableTrainer(Trainer):
         self._seconds_before = 0.0
         self._started: float | None = None
         self._pending_rng: dict | None = None
+        self.valid_curve: list[dict] = []
+        self._epoch = 0
         if (self.state_dir / STATE).is_file():
             self._restore()
 
@@ -98,6 +102,7 @@ class ResumableTrainer(Trainer):
         self.train_loss_dict = dict(state["train_loss_dict"])
         self._seconds_before = state["train_seconds"]
         self.resumed_at = [*state["resumed_at"], self.start_epoch]
+        self.valid_curve = list(state.get("valid_curve", []))
         self._pending_rng = state["rng"]
         logger.info("resuming %s from epoch %d (%.0f s trained before)", self.state_dir.name, self.start_epoch,
                     self._seconds_before)
@@ -107,7 +112,8 @@ class ResumableTrainer(Trainer):
                  "optimizer": self.optimizer.state_dict(), "start_epoch": epoch, "cur_step": self.cur_step,
                  "best_valid_score": self.best_valid_score, "best_valid_result": self.best_valid_result,
                  "train_loss_dict": dict(self.train_loss_dict), "train_seconds": self.train_seconds,
-                 "resumed_at": list(self.resumed_at), "rng": _rng_state(train_data)}
+                 "resumed_at": list(self.resumed_at), "valid_curve": list(self.valid_curve),
+                 "rng": _rng_state(train_data)}
         tmp = self.state_dir / f".{STATE}.{os.getpid()}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.state_dir / STATE)  # a kill mid-write leaves the previous snapshot intact
@@ -125,4 +131,10 @@ class ResumableTrainer(Trainer):
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         if epoch_idx > self.start_epoch:  # epoch_idx - 1 is finished, its validation and checkpoint included
             self._snapshot(epoch_idx, train_data)
+        self._epoch = epoch_idx
         return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+
+    def _valid_epoch(self, valid_data, *args, **kwargs):
+        score, result = super()._valid_epoch(valid_data, *args, **kwargs)
+        self.valid_curve.append({"epoch": self._epoch, **{k: round(float(v), 5) for k, v in result.items()}})
+        return score, result

@@ -327,6 +327,7 @@ def test_a_run_stopped_part_way_resumes_and_trains_as_if_uninterrupted(tmp_path,
     assert b["resumed_at"] == [2] and "resumed_at" not in a
     assert (b["epochs_run"], b["best_epoch"]) == (a["epochs_run"], a["best_epoch"]) == (4, b["best_epoch"])
     assert b["test"] == a["test"] and b["valid"] == a["valid"]  # the same training, epoch for epoch
+    assert [e["epoch"] for e in a["valid_curve"]] == [0, 1, 2, 3] and b["valid_curve"] == a["valid_curve"]
     assert not state_dir.exists()  # recorded: the snapshot is gone
 
 
