@@ -152,9 +152,20 @@ class FusionAdapter(nn.Module):
         self.feature_dims = {name: int(t.shape[1]) for name, t in tables.items()}  # as given (add_items checks them)
         given = {t.data_ptr() for t in tables.values()}  # the caller's memory: never written
         present = torch.zeros(next(iter(tables.values())).shape[0], dtype=torch.bool)
-        for table in tables.values():
+        empty = []
+        for name, table in tables.items():
+            rows_present = 0
             for start, rows in row_chunks(table):
-                present[start:start + len(rows)] |= (rows != 0).any(dim=1).cpu()
+                nonzero = (rows != 0).any(dim=1).cpu()
+                present[start:start + len(rows)] |= nonzero
+                rows_present += int(nonzero[1 if start == 0 else 0:].sum())
+            if rows_present == 0:
+                empty.append(name)
+        if empty:
+            warnings.warn(f"features {empty} are zero for every item (a zero row means 'missing'): "
+                          f"{'the fusion has no content to add' if len(empty) == len(tables) else 'those modalities add nothing'}; "
+                          "check that the features were aligned to this dataset (FeatureStore.align logs how many "
+                          "items have no cached row)", UserWarning, stacklevel=3)
         present[0] = False  # RecBole's padding id
         self.register_buffer("item_present", present.unsqueeze(1), persistent=False)
         if options.reduce_features:  # large catalogues: (N, D) -> (N, r) once, in row chunks

@@ -130,6 +130,10 @@ def test_errors_leave_the_model_untouched(setups):
         ({"id": torch.randn(n, 8)}, ValueError, "reserved"),
         ([torch.randn(n, 8)], TypeError, "must be a dict"),
         ({"text": "not a tensor"}, TypeError, "must be a torch.Tensor"),
+        # values whose squares overflow float32 would make every score NaN
+        ({"text": torch.randn(n, 8) * 1e30}, ValueError, r"beyond \+-1e\+15 .*divide those rows"),
+        ({"text": torch.randn(n, 8, dtype=torch.float64) * 1e300}, ValueError, "would overflow"),
+        ({"text": torch.zeros(n, 0)}, ValueError, "width 0"),
     ]
     for features, error, match in cases:
         with pytest.raises(error, match=match):
@@ -142,6 +146,15 @@ def test_errors_leave_the_model_untouched(setups):
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="has no fusion layer attached"):
         fusionlayer.detach(model)
+    big = torch.randn(n, 8) * 1e14  # large but safe: attached, and its scores are finite
+    fusionlayer.attach(model, {"text": big})
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model.full_sort_predict(next(iter(test))[0])).all()
+    fusionlayer.detach(model)
+    with pytest.warns(UserWarning, match=r"features \['text'\] are zero for every item"):
+        fusionlayer.attach(model, {"text": torch.zeros(n, 8), "image": torch.randn(n, 4)})
+    fusionlayer.detach(model)
     fusionlayer.attach(model, {"text": torch.randn(n, 8)})
     with pytest.raises(ValueError, match="already has a fusion layer attached"):
         fusionlayer.attach(model, {"text": torch.randn(n, 8)})
