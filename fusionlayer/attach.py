@@ -170,7 +170,8 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], 
         optimizer: optional optimizer over the model's parameters whose state should follow the new rows.
 
     Raises:
-        ValueError: not attached, empty/duplicate/existing tokens, wrong modalities, rows or widths, NaN/Inf.
+        ValueError: not attached, attached with ``side="history"``, empty/duplicate/existing tokens, wrong
+            modalities, rows or widths, NaN/Inf.
         TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``.
     """
     if not is_attached(model):
@@ -178,6 +179,10 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], 
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer (the one training this model), got {type(optimizer).__name__}")
     adapter = model.fusion_adapter
+    if not adapter.wrapped:
+        raise ValueError(f"{type(model).__name__} was attached with side={adapter.options.side!r}: candidate items get no "
+                         "content, so added items (which have no ID embedding) would all score the same. Attach with "
+                         "side='both' (the default) or side='candidate' to score new items from their content")
     tokens = [str(t) for t in tokens] if not isinstance(tokens, str) else [tokens]
     if not tokens:
         raise ValueError("tokens is empty; give one token per new item")

@@ -137,3 +137,8 @@ def test_cold_dropout_needs_the_candidate_side(setups):
     model = backbone_class("SASRec")(config, train.dataset)
     with pytest.raises(ValueError, match="cold_dropout hides candidate items"):
         fusionlayer.attach(model, random_features(train.dataset.item_num), side="history", cold_dropout=0.2)
+    fusionlayer.attach(model, random_features(train.dataset.item_num), side="history")
+    n = model.n_items
+    with pytest.raises(ValueError, match="side='history'.*would all score the same"):  # nothing to score them with
+        fusionlayer.add_items(model, new_rows(2), ["a", "b"])
+    assert model.n_items == n
