@@ -300,7 +300,7 @@ def provenance(rows: list[dict], quick: bool) -> list[str]:
     dates = sorted(r["date"] for r in full)
     devices = sorted({r["device"] for r in full})
     return [f"Runs: {len(full)}; commits {', '.join(commits)}; device {', '.join(devices)}; torch {full[0]['torch']}; "
-            f"dates {dates[0]} .. {dates[-1]}; command `{full[0]['command']}`."]
+            f"dates {dates[0]} .. {dates[-1]}; commands " + ", ".join(f"`{c}`" for c in sorted({r['command'] for r in full})) + "."]
 
 
 def report(results: Path, dataset: str, quick: bool = False) -> str:
