@@ -223,6 +223,50 @@ def training_table(groups) -> list[str]:
     return lines
 
 
+
+def curve_stats(row: dict, metric: str = "ndcg@10", around: int = 2) -> dict | None:
+    """What a run's validation curve says about its stopping point; None without a full curve.
+
+    ``best``: the metric at the best epoch; ``around``: its mean over the ``around`` epochs either side
+    (best excluded); ``peak_excess``: ``best / around - 1``, how far the chosen epoch stands above its
+    neighbours (early stopping keeps the maximum of a noisy curve, so a large excess means the chosen
+    validation score is partly luck that test will not share); ``jitter``: the standard deviation of the
+    epoch-to-epoch change, relative to the curve's mean over its last half.
+    """
+    curve = {c["epoch"]: c[metric] for c in row.get("valid_curve", []) if metric in c}
+    best_epoch = row.get("best_epoch")
+    if best_epoch not in curve or 0 not in curve:  # a curve that starts at a resumed epoch is partial
+        return None
+    near = [curve[e] for e in range(best_epoch - around, best_epoch + around + 1) if e != best_epoch and e in curve]
+    values = [curve[e] for e in sorted(curve)]
+    steps = np.diff(values)
+    tail = values[len(values) // 2:]
+    return {"best": curve[best_epoch], "around": float(np.mean(near)) if near else float("nan"),
+            "peak_excess": curve[best_epoch] / float(np.mean(near)) - 1 if near else float("nan"),
+            "jitter": float(np.std(steps)) / float(np.mean(tail)) if len(steps) > 1 else float("nan")}
+
+
+def curve_table(groups) -> list[str]:
+    """Per run with a recorded validation curve: the chosen epoch against its neighbours, and the curve's jitter."""
+    lines = ["| model | variant | seed | valid NDCG@10 at best epoch | mean of the 2 epochs either side | peak excess | "
+             "epoch-to-epoch jitter |", "|---|---|---|---|---|---|---|"]
+    found = False
+    for model in BACKBONES + STANDALONE:
+        for variant in variants(model):
+            for r in sorted(groups.get((model, variant), []), key=lambda r: r["seed"]):
+                stats = curve_stats(r)
+                if stats is None:
+                    continue
+                found = True
+                lines.append(f"| {model} | {variant} | {r['seed']} | {stats['best']:.4f} | {stats['around']:.4f} | "
+                             f"{stats['peak_excess'] * 100:+.1f} % | {stats['jitter'] * 100:.1f} % |")
+    if not found:
+        return ["No run has a complete validation curve yet (runs recorded before curves were kept, or resumed from "
+                "such a snapshot, have none)."]
+    return lines + ["", "Peak excess: how far the chosen epoch's validation NDCG@10 stands above the mean of its "
+                    "neighbours. Early stopping keeps the maximum of the curve, so on a jittery curve part of the chosen "
+                    "score is luck that the test split does not share."]
+
 def reference_check(groups) -> list[str]:
     """Converged plain baselines (mean of seeds) against the reference runs (issue 14's 0.97x bar)."""
     if not REFERENCE_FILE.is_file():
@@ -316,6 +360,7 @@ def report(results: Path, dataset: str, quick: bool = False) -> str:
              "## Targets", "", *verdicts(groups), "",
              "## Converged plain baselines against the reference runs", "", *reference_check(groups), "",
              "## Training per run (early stopping on validation MRR@10)", "", *training_table(groups), "",
+             "## Validation curves: the chosen epoch against its neighbours", "", *curve_table(groups), "",
              "## NDCG@10 by popularity of the test item (training interactions)", "", *popularity(groups), "",
              "## The paper's reported numbers", "", *paper_table(), ""]
     text = "\n".join(lines)

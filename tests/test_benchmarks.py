@@ -233,6 +233,21 @@ def test_fusion_options_are_checked_before_training(tmp_path):
     assert compat.grid(args.models, [0, 1], fusion_only=True) == [("BPR", "fusion", 0), ("BPR", "fusion", 1)]
 
 
+
+def test_curve_stats_measure_how_far_the_chosen_epoch_stands_out():
+    curve = [0.10, 0.12, 0.11, 0.20, 0.11, 0.12, 0.10]  # a lucky spike at epoch 3
+    row = {"best_epoch": 3, "valid_curve": [{"epoch": e, "ndcg@10": v} for e, v in enumerate(curve)]}
+    stats = report.curve_stats(row)
+    assert stats["best"] == 0.20 and abs(stats["around"] - 0.115) < 1e-12
+    assert abs(stats["peak_excess"] - (0.20 / 0.115 - 1)) < 1e-12 and stats["jitter"] > 0.3
+    smooth = {"best_epoch": 3, "valid_curve": [{"epoch": e, "ndcg@10": 0.1 + 0.001 * min(e, 3)} for e in range(7)]}
+    assert report.curve_stats(smooth)["peak_excess"] < 0.01 < stats["peak_excess"]
+    partial = {"best_epoch": 5, "valid_curve": row["valid_curve"][4:]}  # resumed from a snapshot without a curve
+    assert report.curve_stats(partial) is None and report.curve_stats({"best_epoch": 1}) is None
+    table = report.curve_table({("BPR", "fusion"): [{**row, "seed": 0}], ("BPR", "plain"): [{"seed": 0, "best_epoch": 2}]})
+    assert any(line.startswith("| BPR | fusion | 0 | 0.2000 | 0.1150 | +73.9 % |") for line in table)
+    assert "No run has a complete" in report.curve_table({})[0]
+
 def test_patience_study_needs_its_own_results_file(tmp_path):
     for argv in (["--patience", "30"], ["--patience", "0", "--out", str(tmp_path / "p.jsonl")]):
         with pytest.raises(SystemExit):  # the main grid's rows all share compat_config.json's patience
