@@ -468,6 +468,51 @@ def ablation_report(results: Path, ablation_dir: Path, dataset: str) -> str:
     return text
 
 
+
+def patience_report(results: Path, study: Path, dataset: str) -> str:
+    """A patience study (``compat.py --patience N --out STUDY``) beside the main grid's runs; writes ``STUDY.md``.
+
+    Per run: where each patience stopped, validation and test NDCG@10, and the study curve's peak excess and
+    jitter; then, per backbone with both variants on the same seeds, the paired test comparison at the
+    study's patience (the same one-sided Wilcoxon as the main grid).
+    """
+    main_rows = {(r["model"], r["variant"], int(r["seed"])): r for r in read_results(results)
+                 if r["dataset"] == dataset and not r.get("quick")}
+    rows = [r for r in read_results(study) if r["dataset"] == dataset and not r.get("quick")]
+    if not rows:
+        raise ValueError(f"{study} holds no {dataset} runs; run benchmarks/compat.py --patience N --out {study} first")
+    patience = sorted({r.get("hparams", {}).get("stopping_step") for r in rows}, key=str)
+    main_patience = sorted({r.get("hparams", {}).get("stopping_step") for r in main_rows.values()}, key=str)
+    label = "/".join(map(str, patience))
+    lines = [f"# Patience study on {dataset}: patience {label} against the main grid's {'/'.join(map(str, main_patience))}", "",
+             f"Written by `python -m benchmarks.report --patience {study.as_posix()}`; the runs are the same as the main "
+             "grid's except the early-stopping patience.", "", *provenance(rows, False), "",
+             f"| model | variant | seed | main grid: best / epochs run | valid NDCG@10 | test NDCG@10 | patience {label}: "
+             "best / epochs run | valid NDCG@10 | test NDCG@10 | peak excess | jitter |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["model"], r["variant"] != "plain", r["seed"])):
+        m = main_rows.get((r["model"], r["variant"], int(r["seed"])))
+        before = (f"{m['best_epoch']} / {m['epochs_run']} | {_ndcg(m, 'valid'):.4f} | {_ndcg(m, 'test'):.4f}"
+                  if m else "not run | | ")
+        stats = curve_stats(r)
+        curve = (f"{stats['peak_excess'] * 100:+.1f} % | {stats['jitter'] * 100:.1f} %" if stats else "no curve | ")
+        lines.append(f"| {r['model']} | {r['variant']} | {r['seed']} | {before} | {r['best_epoch']} / {r['epochs_run']} | "
+                     f"{_ndcg(r, 'valid'):.4f} | {_ndcg(r, 'test'):.4f} | {curve} |")
+    lines += ["", "Peak excess and jitter: see the main report's validation-curves section (the chosen epoch against "
+              "the mean of the 2 epochs either side; the standard deviation of the epoch-to-epoch change).", "",
+              f"## Paired test comparison at patience {label}", ""]
+    groups = group(rows, dataset)
+    tests = paired_tests(groups)
+    if not tests:
+        lines.append("No backbone has plain and +fusion on the same seeds yet: no comparison.")
+    for model, t in tests.items():
+        full = "" if len(t["seeds"]) >= FULL_SEEDS else f" (only {len(t['seeds'])} of {FULL_SEEDS} seeds: provisional)"
+        lines.append(f"- **{model}** (seeds {','.join(map(str, t['seeds']))}): test NDCG@10 {t['plain']:.4f} -> "
+                     f"{t['fusion']:.4f} ({_change(t['fusion'], t['plain'])}), one-sided Wilcoxon p = {t['p']:.2g}{full}.")
+    text = "\n".join(lines) + "\n"
+    atomic_write_bytes(study.with_suffix(".md"), text.encode())
+    return text
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Report on compatibility benchmark results.")
     parser.add_argument("--results", type=Path, default=HERE / "results" / "compat-ml-100k.jsonl")
@@ -475,9 +520,19 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="report the --quick rows instead of the real ones")
     parser.add_argument("--readme", type=Path, help="also rewrite this README's compat block (between the markers)")
     parser.add_argument("--ablation", type=Path, help="report the --fusion-option variants in DIR/*.jsonl instead (writes DIR/report.md)")
+    parser.add_argument("--patience", type=Path, metavar="STUDY",
+                        help="report a patience study (compat.py --patience N --out STUDY) beside the main grid (writes STUDY.md)")
     args = parser.parse_args(argv)
     if not args.results.is_file():
         parser.error(f"{args.results} does not exist; run benchmarks/compat.py first")
+    if args.patience is not None:
+        if not args.patience.is_file():
+            parser.error(f"--patience {args.patience} does not exist; run benchmarks/compat.py --patience N --out {args.patience} first")
+        try:
+            print(patience_report(args.results, args.patience, args.dataset))
+        except ValueError as err:
+            parser.error(str(err))
+        return 0
     if args.ablation is not None:
         if not args.ablation.is_dir():
             parser.error(f"--ablation {args.ablation} is not a directory")

@@ -248,6 +248,29 @@ def test_curve_stats_measure_how_far_the_chosen_epoch_stands_out():
     assert any(line.startswith("| BPR | fusion | 0 | 0.2000 | 0.1150 | +73.9 % |") for line in table)
     assert "No run has a complete" in report.curve_table({})[0]
 
+
+def test_patience_report_sets_the_study_beside_the_main_grid(tmp_path):
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0, 0.2, 300)
+    main, study = tmp_path / "main.jsonl", tmp_path / "patience-30.jsonl"
+    curve = [{"epoch": e, "ndcg@10": 0.05 + 0.001 * e} for e in range(40)]
+    for seed in (0, 1):
+        for path, patience, scale in ((main, 10, 0.9), (study, 30, 1.3)):
+            for variant, factor in (("plain", 1.0), ("fusion", scale)):
+                row = {**_fake_run("BPR", variant, seed, list(base * factor + 0.001)), "best_epoch": 20 + patience,
+                       "epochs_run": 30 + patience, "hparams": {"stopping_step": patience}}
+                if path == study:
+                    row["valid_curve"] = curve
+                compat.append_result(path, row)
+    with pytest.raises(SystemExit):
+        report.main(["--results", str(main), "--patience", str(tmp_path / "missing.jsonl")])
+    assert report.main(["--results", str(main), "--patience", str(study)]) == 0
+    text = study.with_suffix(".md").read_text()
+    assert "patience 30 against the main grid's 10" in text
+    assert "| BPR | fusion | 0 | 30 / 40 |" in text and "| 50 / 60 |" in text
+    verdict = next(line for line in text.splitlines() if line.startswith("- **BPR**"))
+    assert "+29.7 %" in verdict and "provisional" in verdict and "p = " in verdict
+
 def test_patience_study_needs_its_own_results_file(tmp_path):
     for argv in (["--patience", "30"], ["--patience", "0", "--out", str(tmp_path / "p.jsonl")]):
         with pytest.raises(SystemExit):  # the main grid's rows all share compat_config.json's patience
