@@ -182,6 +182,7 @@ def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_token
     return {"dataset": args.dataset, "model": model, "variant": variant, "seed": seed, "quick": bool(args.quick),
             **split_metrics(ranks, targets, cold_ids), "cold_items": int(len(cold_ids)),
             "epochs_run": trained.get("epochs_run"), "best_epoch": trained.get("best_epoch"), "protocol": PROTOCOL,
+            **({} if knn else {"patience": int(config["stopping_step"])}),
             "test": {}, **provenance("benchmarks.coldstart", args.argv, args.device)}
 
 
@@ -223,6 +224,10 @@ def main(argv=None) -> int:
     logging.getLogger("recbole").setLevel(logging.WARNING)
     set_threads(args.threads)
     hparams = compat.load_hparams()
+    for model_hparams in hparams["models"].values():
+        # One patience for every cold-start run (the common one, 10): the compatibility grid's longer patience for
+        # BPR came after this benchmark's first runs, and the variants compared within a seed must share it.
+        model_hparams.pop("stopping_step", None)
     args.work = Path(tempfile.mkdtemp(prefix="fusionlayer-coldstart-"))
     try:
         from fusionlayer.data import default_data_root, slice_users

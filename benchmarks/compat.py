@@ -258,7 +258,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--patience must be >= 1, got {args.patience}")
         if args.out is None or args.out.resolve() == default_out.resolve():
             parser.error("--patience needs its own --out (e.g. benchmarks/results/tuning/patience-<n>.jsonl): "
-                         "the main grid's runs all share compat_config.json's stopping_step")
+                         "the main grid's runs use compat_config.json's stopping_step")
     if args.out is None:
         args.out = default_out
     return args
@@ -277,6 +277,9 @@ def main(argv=None) -> int:
     hparams["fusion"] = {**hparams["fusion"], **args.fusion_options}
     if args.patience is not None:
         hparams["common"]["stopping_step"] = args.patience
+        for model_hparams in hparams["models"].values():  # a backbone's own patience (BPR's) gives way too
+            if "stopping_step" in model_hparams:
+                model_hparams["stopping_step"] = args.patience
     git_commit()
     done = {run_key(r) for r in read_results(args.out)}
     runs = grid(args.models, args.seeds, fusion_only=bool(args.fusion_options), only=args.variants)

@@ -470,7 +470,8 @@ def ablation_report(results: Path, ablation_dir: Path, dataset: str) -> str:
 
 
 def patience_report(results: Path, study: Path, dataset: str) -> str:
-    """A patience study (``compat.py --patience N --out STUDY``) beside the main grid's runs; writes ``STUDY.md``.
+    """A patience study (``compat.py --patience N --out STUDY``) beside a baseline's runs (``results``, the main
+    grid by default); writes ``STUDY.md``.
 
     Per run: where each patience stopped, validation and test NDCG@10, and the study curve's peak excess and
     jitter; then, per backbone with both variants on the same seeds, the paired test comparison at the
@@ -484,10 +485,17 @@ def patience_report(results: Path, study: Path, dataset: str) -> str:
     patience = sorted({r.get("hparams", {}).get("stopping_step") for r in rows}, key=str)
     main_patience = sorted({r.get("hparams", {}).get("stopping_step") for r in main_rows.values()}, key=str)
     label = "/".join(map(str, patience))
-    lines = [f"# Patience study on {dataset}: patience {label} against the main grid's {'/'.join(map(str, main_patience))}", "",
-             f"Written by `python -m benchmarks.report --patience {study.as_posix()}`; the runs are the same as the main "
-             "grid's except the early-stopping patience.", "", *provenance(rows, False), "",
-             f"| model | variant | seed | main grid: best / epochs run | valid NDCG@10 | test NDCG@10 | patience {label}: "
+    def shown(path: Path) -> str:
+        try:
+            return path.resolve().relative_to(Path.cwd()).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+    lines = [f"# Patience study on {dataset}: patience {label} against {'/'.join(map(str, main_patience))}", "",
+             f"Written by `python -m benchmarks.report --results {shown(results)} --patience {shown(study)}`: the runs of "
+             f"`{shown(study)}` beside those of `{shown(results)}` (the baseline), the same except the early-stopping "
+             "patience.", "", *provenance(rows, False), "",
+             f"| model | variant | seed | baseline: best / epochs run | valid NDCG@10 | test NDCG@10 | patience {label}: "
              "best / epochs run | valid NDCG@10 | test NDCG@10 | peak excess | jitter |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["model"], r["variant"] != "plain", r["seed"])):
@@ -521,7 +529,8 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", type=Path, help="also rewrite this README's compat block (between the markers)")
     parser.add_argument("--ablation", type=Path, help="report the --fusion-option variants in DIR/*.jsonl instead (writes DIR/report.md)")
     parser.add_argument("--patience", type=Path, metavar="STUDY",
-                        help="report a patience study (compat.py --patience N --out STUDY) beside the main grid (writes STUDY.md)")
+                        help="report a patience study (compat.py --patience N --out STUDY) beside the runs of --results "
+                             "(writes STUDY.md)")
     args = parser.parse_args(argv)
     if not args.results.is_file():
         parser.error(f"{args.results} does not exist; run benchmarks/compat.py first")

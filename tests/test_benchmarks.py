@@ -266,17 +266,26 @@ def test_patience_report_sets_the_study_beside_the_main_grid(tmp_path):
         report.main(["--results", str(main), "--patience", str(tmp_path / "missing.jsonl")])
     assert report.main(["--results", str(main), "--patience", str(study)]) == 0
     text = study.with_suffix(".md").read_text()
-    assert "patience 30 against the main grid's 10" in text
+    assert "patience 30 against 10" in text and f"`{main.as_posix()}` (the baseline)" in text
     assert "| BPR | fusion | 0 | 30 / 40 |" in text and "| 50 / 60 |" in text
     verdict = next(line for line in text.splitlines() if line.startswith("- **BPR**"))
     assert "+29.7 %" in verdict and "provisional" in verdict and "p = " in verdict
 
-def test_patience_study_needs_its_own_results_file(tmp_path):
+def test_patience_study_needs_its_own_results_file(tmp_path, monkeypatch):
     for argv in (["--patience", "30"], ["--patience", "0", "--out", str(tmp_path / "p.jsonl")]):
         with pytest.raises(SystemExit):  # the main grid's rows all share compat_config.json's patience
             compat.parse_args(argv)
     args = compat.parse_args(["--patience", "30", "--models", "BPR", "--out", str(tmp_path / "p.jsonl")])
     assert args.patience == 30 and compat.parse_args([]).patience is None
+    assert compat.load_hparams()["models"]["BPR"]["stopping_step"] == 30  # BPR's own patience in the main grid
+    seen = []
+    row = {"test": {"full": {"ndcg@10": 0.1, "mrr@10": 0.1}}, "best_epoch": 1, "epochs_run": 2, "train_seconds": 1}
+    monkeypatch.setattr(compat, "run_one", lambda model, variant, seed, args, hparams, **k: seen.append(
+        {**hparams["common"], **hparams["models"][model]}["stopping_step"]) or row)
+    monkeypatch.setattr(compat, "append_result", lambda *a, **k: None)
+    compat.main(["--patience", "10", "--models", "BPR,FPMC", "--variants", "plain", "--seeds", "0",
+                 "--out", str(tmp_path / "p10.jsonl")])
+    assert seen == [10, 10]  # --patience wins over a backbone's own stopping_step
 
 
 def test_ablation_report_compares_on_validation(tmp_path):

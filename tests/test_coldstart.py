@@ -79,6 +79,9 @@ def test_coldstart_quick_end_to_end(tmp_path):
         assert row["cold"]["users"] + row["warm"]["users"] > 0 and row["quick"] is True
         assert len(row["per_user_cold_ndcg"]["user"]) == row["cold"]["users"]
         assert {"commit", "device", "date", "command"} <= set(row)
+    # one patience for every trained run (here --quick's), whatever a backbone's own in compat_config.json
+    assert {r["patience"] for r in rows if r["model"] == "BPR"} == {1}
+    assert all("patience" not in r for r in rows if r["model"] == "ContentKNN")
     full, _ = coldstart_report.report(out, quick=True)
     assert "not a result" in full
 
