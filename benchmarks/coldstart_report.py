@@ -88,7 +88,11 @@ def verdicts(groups) -> list[str]:
             ok = y.mean() > x.mean() and p < 0.05
             parts.append(f"cold NDCG@10 {y.mean():.4f} vs ContentKNN {x.mean():.4f} (seeds {seeds}, {len(x)} users, "
                          f"one-sided Wilcoxon p = {p:.3g}): {'met' if ok else '**not met**'}")
-        base, mine = _mean(plain, "cold"), _mean(cold, "cold")
+        cold_seeds = {r["seed"] for r in cold}
+        plain, fused = [r for r in plain if r["seed"] in cold_seeds], [r for r in fused if r["seed"] in cold_seeds]
+        cold_p = [r for r in cold if r["seed"] in {r["seed"] for r in plain}]  # ratios on the seeds both have
+        cold_f = [r for r in cold if r["seed"] in {r["seed"] for r in fused}]
+        base, mine = _mean(plain, "cold"), _mean(cold_p, "cold")
         if base is not None and mine is not None:
             if base > 0:
                 ratio = mine / base
@@ -97,7 +101,7 @@ def verdicts(groups) -> list[str]:
             else:
                 parts.append(f"its plain backbone scores {base:.4f} on cold targets (target 5x): "
                              f"{'met' if mine > 0 else '**not met**'}")
-        warm_with, warm_without = _mean(cold, "warm"), _mean(fused, "warm")
+        warm_with, warm_without = _mean(cold_f, "warm"), _mean(fused, "warm")
         if warm_with is not None and warm_without is not None:
             change = warm_with / warm_without - 1
             parts.append(f"warm NDCG@10 {100 * change:+.1f} % against +fusion without the option (target >= -2 %): "

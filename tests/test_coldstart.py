@@ -59,6 +59,14 @@ def test_report_verdicts_follow_the_targets(tmp_path):
     assert out.with_suffix(".png").is_file() and out.with_suffix(".md").read_text() == full
     assert "| BPR | fusion+cold | 0,1,2 |" in section
 
+    # fusion+cold on seed 0 only: its warm cost is measured against seed 0's +fusion, not the mean of every seed
+    rows = [_row("BPR", "fusion", 0, [0.05] * 6, 0.070), _row("BPR", "fusion", 1, [0.05] * 6, 0.050),
+            _row("BPR", "fusion+cold", 0, good, 0.0695)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    full, _ = coldstart_report.report(out)
+    bpr = next(line for line in full.splitlines() if line.startswith("- **BPR**"))
+    assert "warm NDCG@10 -0.7 %" in bpr and "provisional" in bpr
+
 
 def test_report_counts_a_duplicated_run_once(tmp_path):
     rows = [_row("BPR", "plain", 0, [0.01] * 6, 0.07)] * 2
