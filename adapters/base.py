@@ -46,6 +46,23 @@ from fusionlayer.reduction import normalize_rows, reduce_table, reduce_tables, r
 
 __all__ = ["ContentEmbedding", "FusionAdapter"]
 
+def _grow_rows(param: nn.Parameter, n_new: int) -> None:
+    """Append ``n_new`` zero rows to ``param`` in place (the same Parameter object), and to its ``.grad``.
+
+    Autograd caches a leaf's gradient accumulator, with the leaf's shape, for as long as any graph
+    that used it is alive (e.g. the last step's ``loss`` still held by the training loop); ``.data``
+    of another shape does not drop it, a change of dtype does. So the data passes through an empty
+    tensor of another dtype first: the next backward builds an accumulator of the new shape.
+    """
+    with torch.no_grad():
+        grown = torch.cat([param.data, param.data.new_zeros(n_new, *param.shape[1:])])
+        other = torch.float64 if grown.dtype != torch.float64 else torch.float32
+        param.data = grown.new_empty(0, dtype=other)
+        param.data = grown
+        if param.grad is not None:  # gradients accumulated before the growth keep their rows
+            param.grad = torch.cat([param.grad, param.grad.new_zeros(n_new, *param.grad.shape[1:])])
+
+
 class ContentEmbedding(nn.Module):
     """An ``nn.Embedding`` stand-in whose rows add the item's fused content features.
 
@@ -66,6 +83,14 @@ class ContentEmbedding(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         return self._adapter.fused_weight(self.adapter_key, self.base_layer.weight)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A plain model's key (``item_embedding.weight``) is the base layer's: a plain checkpoint
+        # loaded into an attached model (``strict=False``) keeps its item embeddings, not silently drops them.
+        plain, wrapped = prefix + "weight", prefix + "base_layer.weight"
+        if plain in state_dict and wrapped not in state_dict:
+            state_dict[wrapped] = state_dict.pop(plain)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def num_embeddings(self) -> int:
@@ -411,8 +436,7 @@ class FusionAdapter(nn.Module):
         for name in self.item_tables or self.candidate_embeddings:
             embedding = getattr(model, name)
             embedding = getattr(embedding, "base_layer", embedding)
-            with torch.no_grad():  # same Parameter object, more rows (zero: the new items have no ID signal)
-                embedding.weight.data = torch.cat([embedding.weight.data, embedding.weight.data.new_zeros(n_new, embedding.embedding_dim)])
+            _grow_rows(embedding.weight, n_new)  # same Parameter object, more rows (zero: no ID signal)
             embedding.num_embeddings += n_new
             grown.append(embedding.weight)
         first = int(model.n_items)

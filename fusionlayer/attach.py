@@ -183,9 +183,14 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], 
         raise ValueError(f"{type(model).__name__} was attached with side={adapter.options.side!r}: candidate items get no "
                          "content, so added items (which have no ID embedding) would all score the same. Attach with "
                          "side='both' (the default) or side='candidate' to score new items from their content")
-    tokens = [str(t) for t in tokens] if not isinstance(tokens, str) else [tokens]
+    tokens = list(tokens) if not isinstance(tokens, str) else [tokens]
     if not tokens:
         raise ValueError("tokens is empty; give one token per new item")
+    blank = [i for i, t in enumerate(tokens) if t is None or not str(t).strip()]
+    if blank:
+        raise ValueError(f"tokens at positions {blank[:5]} are None or blank ({tokens[blank[0]]!r}); every new item "
+                         "needs a token (its item_id in the dataset's .item file), which is how it is found later")
+    tokens = [str(t) for t in tokens]
     repeated = sorted({t for t in tokens if tokens.count(t) > 1})
     if repeated:
         raise ValueError(f"duplicate tokens {repeated[:5]}; each new item needs a unique token")
@@ -202,7 +207,7 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], 
     grown: list[torch.Tensor] = []
     ids = adapter.add_items(tables, tokens, grown)
     for param in grown:
-        _GROWN[param] = None
+        _remember_grown(param)
         if optimizer is not None:
             _grow_optimizer_state(optimizer, param)
     _install_stale_state_check()
@@ -210,7 +215,15 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], 
 
 
 # Parameters that add_items grew (weakly held), and one global optimizer pre-step check over them.
-_GROWN: "weakref.WeakKeyDictionary[torch.Tensor, None]" = weakref.WeakKeyDictionary()
+# Keyed by id (a WeakKeyDictionary compares keys with ==, which for tensors is elementwise), dropped when
+# the parameter is collected.
+_GROWN: "dict[int, weakref.ref]" = {}
+
+
+def _remember_grown(param: torch.Tensor) -> None:
+    key = id(param)
+    if key not in _GROWN or _GROWN[key]() is not param:
+        _GROWN[key] = weakref.ref(param, lambda _, key=key: _GROWN.pop(key, None))
 _STALE_CHECK: list = []
 
 
@@ -226,7 +239,9 @@ def _grow_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor)
 
 
 def _check_stale_state(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-    for param in list(_GROWN.keys()):
+    for param in [ref() for ref in list(_GROWN.values())]:
+        if param is None:
+            continue
         state = optimizer.state.get(param)
         if not state:
             continue

@@ -30,7 +30,9 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor:
             f"got {type(value).__name__}"
         )
     if not value.is_floating_point():
-        raise TypeError(f"features[{name!r}] must be floating point, got {value.dtype}")
+        raise TypeError(f"features[{name!r}] must be floating point (one dense vector per item), got {value.dtype}; "
+                        f"convert real-valued features with .float(); categorical codes need an encoder first "
+                        f"(e.g. one-hot rows)")
     return value
 
 

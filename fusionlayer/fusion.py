@@ -136,7 +136,8 @@ class FeatureFusionLayer(nn.Module):
                              f"(shape {tuple(x.shape)}), but the layer was built with {built}")
         if positions is not None and (x.dim() != 3 or x.shape[:2] != positions):
             raise ValueError(f"{what}[{name!r}] must have shape (B={positions[0]}, L={positions[1]}, D), "
-                             f"got {tuple(x.shape)} (D = {expected})")
+                             f"got {tuple(x.shape)} (D = {expected}); (B, L) is the mask's shape: every modality's "
+                             f"(B, L, D) features share one (B, L) mask")
         reference = self.fuse.weight
         if x.dtype != reference.dtype:
             raise TypeError(f"{what}[{name!r}] has dtype {x.dtype} but the layer's weights are {reference.dtype}; "
@@ -202,8 +203,7 @@ class FeatureFusionLayer(nn.Module):
             self._check_width(name, x, "features", positions=(B, L))
         order, aligned_mask = self._align(mask)
         index = _positions_first_index(order, B, L, mask.device)
-        streams = {name: _take_rows(self.projections[name](_zero_padding(x, mask)).reshape(B * L, -1), index, L, B)
-                   for name, x in features.items()}
+        streams = {name: self._project_positions(name, x, mask, index) for name, x in features.items()}
         return self._finish(self._mix(streams, aligned_mask, last_only), order, last_only)
 
     def forward_items(
@@ -244,9 +244,14 @@ class FeatureFusionLayer(nn.Module):
         streams.update({name: _take_rows(table, ids, L, B) for name, table in projected_tables.items()})
         if sequences:
             index = _positions_first_index(order, B, L, mask.device)
-            streams.update({name: _take_rows(self.projections[name](_zero_padding(x, mask)).reshape(B * L, -1), index, L, B)
-                            for name, x in sequences.items()})
+            streams.update({name: self._project_positions(name, x, mask, index) for name, x in sequences.items()})
         return self._finish(self._mix(streams, aligned_mask, last_only), order, last_only)
+
+    def _project_positions(self, name: str, x: torch.Tensor, mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Project a per-position stream ``(B, L, D)`` and lay it out positions first, like the tables' rows."""
+        B, L = mask.shape
+        projected = self.projections[name](_zero_padding(x, mask))
+        return _take_rows(projected.reshape(B * L, projected.shape[-1]), index, L, B)
 
     def project_tables(self, tables: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Project per-item tables to the hidden width: ``{name: (N, D)} -> {name: (N, H)}``."""

@@ -281,6 +281,22 @@ def test_bpr_refuses_a_dataset_with_evaluation_interactions(tiny_root, tmp_path)
     assert fusionlayer.is_attached(model)
 
 
+@pytest.mark.parametrize("name", BACKBONES)
+def test_plain_state_dict_loaded_non_strict_keeps_the_item_embeddings(name, setups):
+    """``load_state_dict(plain, strict=False)`` into an attached model: only fusion keys are missing, and the
+    plain model's item embeddings land in the wrapped embedding (not silently dropped as 'unexpected')."""
+    config, train, valid, test, batch = setups(name)
+    torch.manual_seed(1)
+    plain = backbone_class(name)(config, train.dataset)
+    torch.manual_seed(2)
+    model = fusionlayer.attach(backbone_class(name)(config, train.dataset), random_features(train.dataset.item_num),
+                               dataset=train.dataset)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.startswith("fusion_adapter.") for k in missing)
+    data = (config, train, valid, test, batch)
+    assert torch.equal(scores(model, data)[0], scores(plain, data)[0])  # fusion outputs start at zero
+
+
 @pytest.mark.slow
 def test_checkpoint_paths_plain_to_attached_and_back(setups, tmp_path):
     """Fine-tune fusion on a plain checkpoint, save the attached model, load it back, export a detached one."""

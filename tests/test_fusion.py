@@ -26,6 +26,16 @@ def test_shapes(fusion_layer, B, L):
     assert fusion_layer(inputs(B, L), mask, last_only=True).shape == (B, 16)
 
 
+def test_an_empty_batch_gives_an_empty_output(fusion_layer):
+    """A batch of zero histories (the last shard of a split, a filtered batch) is not an error."""
+    mask = torch.ones(0, 10, dtype=torch.bool)
+    assert fusion_layer(inputs(0, 10), mask).shape == (0, 10, 16)
+    assert fusion_layer(inputs(0, 10), mask, last_only=True).shape == (0, 16)
+    tables = {name: x[0] for name, x in inputs(5, 3).items()}
+    out = fusion_layer.forward_items(torch.zeros(0, 10, dtype=torch.long), tables)
+    assert out.shape == (0, 10, 16)
+
+
 def test_every_parameter_gets_a_gradient(fusion_layer):
     out = fusion_layer(inputs(4, 10), right_padded([10, 6, 3, 1], 10))
     out.square().sum().backward()

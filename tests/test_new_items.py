@@ -64,6 +64,8 @@ def test_added_items_are_scored_and_old_scores_do_not_change(name, setups):
     ("existing token", {"text": torch.randn(1, 24), "image": torch.randn(1, 40)}, ["1"], "already exist"),
     ("rows", {"text": torch.randn(3, 24), "image": torch.randn(3, 40)}, ["a", "b"], "one row per new item"),
     ("modality", {"text": torch.randn(2, 24)}, ["a", "b"], r"missing: \['image'\]"),
+    ("no token", {"text": torch.randn(2, 24), "image": torch.randn(2, 40)}, ["a", None], r"positions \[1\] are None or blank"),
+    ("blank token", {"text": torch.randn(2, 24), "image": torch.randn(2, 40)}, [" ", "b"], "None or blank"),
 ])
 def test_add_items_errors(case, features, tokens, words, setups):
     model, *_ = attached("SASRec", setups)
@@ -100,8 +102,13 @@ def test_training_goes_on_after_adding_items(name, setups):
         for value in state.values():
             if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[0] == model.n_items:
                 assert torch.equal(value[-3:], torch.zeros_like(value[-3:]))  # new rows: no history
-    model.calculate_loss(batch).backward()
+    loss = model.calculate_loss(batch)
+    loss.backward()
     optimizer.step()  # trains on
+    fusionlayer.add_items(model, new_rows(2), ["x5", "x6"], optimizer=optimizer)  # while last step's graph (loss) lives,
+    model.calculate_loss(batch).backward()  # with gradients not yet zeroed: they gain zero rows, accumulation goes on
+    optimizer.step()
+    del loss
     assert any(isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[0] == model.n_items
                for state in optimizer.state.values() for v in state.values())
     with pytest.raises(TypeError, match="torch.optim.Optimizer"):
