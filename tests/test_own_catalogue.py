@@ -15,6 +15,7 @@ import torch
 
 import fusionlayer
 from fusionlayer.data.content import ContentSpec, catalogue_content
+from fusionlayer.encoders import encode_items
 
 N_ITEMS, N_USERS = 30, 40
 
@@ -64,6 +65,36 @@ def test_catalogue_content_counts_what_is_missing(shop):
 def test_bad_content_options_are_clear_errors(shop, spec, error, words):
     with pytest.raises(error, match=words):
         catalogue_content("shop", shop, ContentSpec(**spec))
+
+
+def test_image_extensions_match_in_any_case_and_invisible_text_is_missing(tmp_path):
+    """``SKU1.JPG`` (a camera's upper case) is item SKU1's image; a title of only a zero-width space is no text."""
+    from PIL import Image
+
+    folder = tmp_path / "cam"
+    (folder / "pics").mkdir(parents=True)
+    (folder / "cam.inter").write_text("user_id:token\titem_id:token\n")
+    (folder / "cam.item").write_text("item_id:token\ttitle:token_seq\nSKU1\tBoots\nSKU2\t\u200b\nSKU3\tHat\n",
+                                     encoding="utf-8")
+    Image.new("RGB", (8, 8)).save(folder / "pics" / "SKU1.JPG", format="JPEG")
+    Image.new("RGB", (8, 8)).save(folder / "pics" / "SKU3.png")
+    Image.new("RGB", (8, 8)).save(folder / "pics" / "SKU3.webp")  # two images: the first extension listed wins
+    (folder / "pics" / "SKU2.txt").write_text("not an image")
+    contents, counts = catalogue_content("cam", tmp_path, ContentSpec(text_fields=("title",), image_dir="pics"))
+    by_token = {c.token: c for c in contents}
+    assert by_token["SKU1"].poster.name == "SKU1.JPG" and by_token["SKU3"].poster.name == "SKU3.png"
+    assert by_token["SKU2"].poster is None and by_token["SKU2"].text is None
+    assert counts["no_image"] == 1 and counts["no_text"] == 1
+
+
+def test_encoding_from_a_missing_image_folder_is_refused(shop, tmp_path):
+    """A mistyped --image-dir counts every item as without image, and encoding images from it is an error
+    (not a table of zeros)."""
+    _, counts = catalogue_content("shop", shop, ContentSpec(text_fields=("title",), image_dir="pictures"))
+    assert counts["no_image"] == N_ITEMS
+    with pytest.raises(ValueError, match="none of the 30 items of 'shop' has an image"):
+        encode_items("shop", "image", "effnet-lite0", data_root=shop, cache_dir=tmp_path,
+                                          content=ContentSpec(image_dir="pictures"))
 
 
 def test_urls_and_duplicate_tokens_are_refused(tmp_path):
@@ -121,8 +152,6 @@ def test_encode_attach_train_predict_on_a_new_dataset(shop, tmp_path):
     original = item_file.read_text()
     try:
         item_file.write_text(original.replace("Product 1\t", "Product one\t"))
-        from fusionlayer.encoders import encode_items
-
         result = encode_items("shop", "text", data_root=shop, cache_dir=cache, progress=False,
                               content=ContentSpec(text_fields=("title", "description")))
         assert result.stats["encoded"] == 1 and result.stats["reused"] == N_ITEMS - 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,12 +107,35 @@ def _text(spec: ContentSpec, row: Mapping[str, str]) -> str | None:
         if not any(values.get(f) for f in fields):
             return None
         text = spec.template.format_map(values)
-    return text.strip() or None
+    text = text.strip()
+    # Only format characters (a zero-width space, a BOM) or whitespace: nothing to encode, counted as missing.
+    return text if any(ch.isprintable() and not ch.isspace() for ch in text) else None
 
 
-def _image(spec: ContentSpec, folder: Path, token: str, row: Mapping[str, str]) -> Path | None:
+def _image_index(base: Path) -> dict[str, Path]:
+    """``{stem: path}`` of the image files directly in ``base``, read once (one listing, not a stat per item and
+    extension). Extensions match in any case (``.JPG`` from a camera is a ``.jpg``); where one token has several
+    images, the first extension of :data:`IMAGE_EXTENSIONS` wins."""
+    if not base.is_dir():  # counted (every item: no_image); encoding images from it is refused (encode_items)
+        logger.warning("image folder %s does not exist: no item has an image", base)
+        return {}
+    rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
+    index: dict[str, tuple[int, Path]] = {}
+    with os.scandir(base) as entries:
+        for entry in entries:
+            stem, ext = os.path.splitext(entry.name)
+            order = rank.get(ext.lower())
+            if order is not None and entry.is_file() and (stem not in index or order < index[stem][0]):
+                index[stem] = (order, Path(entry.path))
+    return {stem: path for stem, (_, path) in index.items()}
+
+
+def _image(spec: ContentSpec, folder: Path, token: str, row: Mapping[str, str],
+           index: Mapping[str, Path] | None = None) -> Path | None:
     if spec.image_dir:
         base = folder / spec.image_dir
+        if index is not None and (token in index or not any(sep in token for sep in "/\\")):
+            return index.get(token)
         return next((base / f"{token}{ext}" for ext in IMAGE_EXTENSIONS if (base / f"{token}{ext}").is_file()), None)
     value = (row.get(spec.image_field) or "").strip()
     if not value:
@@ -174,9 +198,10 @@ def catalogue_content(name: str, data_root: str | Path, spec: ContentSpec) -> tu
             raise ValueError(f"{len(urls)} image(s) are URLs (e.g. {urls[0]!r}); fusionlayer encodes offline: download "
                              "them and give --image-field with local paths (relative to --image-root) or --image-dir")
     contents = []
+    index = _image_index(folder / spec.image_dir) if spec.image_dir else None
     for token in tokens:
         text = _text(spec, rows[token]) if spec.wants_text else None
-        image = _image(spec, folder, token, rows[token]) if (spec.image_dir or spec.image_field) else None
+        image = _image(spec, folder, token, rows[token], index) if (spec.image_dir or spec.image_field) else None
         counts["no_text"] += spec.wants_text and text is None
         counts["no_image"] += bool(spec.image_dir or spec.image_field) and image is None
         contents.append(ItemContent(token=token, text=text, poster=image))

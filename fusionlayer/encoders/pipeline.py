@@ -54,6 +54,11 @@ def encode_items(dataset: str, modality: str, encoder: str | None = None, *, dat
     enc = build_encoder(modality, encoder, **options)  # a bad encoder name fails before any file is read
     contents, counts = item_contents(dataset, data_root, content)
     inputs = [c.text if modality == "text" else c.poster for c in contents]
+    if not any(x is not None for x in inputs):
+        where = ("image_dir / image_field (a folder of <item token>.<ext> files, or a column of paths)" if modality == "image"
+                 else "text_fields / template (columns with text)")
+        raise ValueError(f"none of the {len(contents)} items of {dataset!r} has {'an image' if modality == 'image' else 'text'} "
+                         f"(content counts: {counts}): nothing to encode; check {where}")
     result = FeatureStore(cache_dir or default_cache_dir()).get(dataset, modality, enc, [c.token for c in contents], inputs)
     result.stats["content"] = counts
     return result
