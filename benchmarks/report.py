@@ -165,6 +165,14 @@ def _mean_ndcg(runs: list[dict]) -> float:
     return statistics.fmean(r["test"]["full"]["ndcg@10"] for r in runs)
 
 
+def _paired_gain(groups, model: str, seeds: list[int]) -> tuple[list[dict], list[dict], float]:
+    """(plain runs, fusion runs, relative change of mean test NDCG@10) over the seeds both variants have."""
+    plain = [r for r in groups[(model, "plain")] if r["seed"] in seeds]
+    fusion = [r for r in groups[(model, "fusion")] if r["seed"] in seeds]
+    gain = (_mean_ndcg(fusion) - _mean_ndcg(plain)) / _mean_ndcg(plain) if _mean_ndcg(plain) else math.nan
+    return plain, fusion, gain
+
+
 def verdicts(groups) -> list[str]:
     """The issue's targets, one plain sentence per backbone plus M2SR against the best plain backbone."""
     tests = paired_tests(groups)
@@ -174,9 +182,7 @@ def verdicts(groups) -> list[str]:
         if t is None:
             lines.append(f"- **{model}**: no paired plain/fusion run yet; no verdict.")
             continue
-        plain = [r for r in groups[(model, "plain")] if r["seed"] in t["seeds"]]
-        fusion = [r for r in groups[(model, "fusion")] if r["seed"] in t["seeds"]]
-        gain = (_mean_ndcg(fusion) - _mean_ndcg(plain)) / _mean_ndcg(plain) if _mean_ndcg(plain) else math.nan
+        plain, fusion, gain = _paired_gain(groups, model, t["seeds"])
         partial = "" if len(t["seeds"]) >= FULL_SEEDS else f" (only {len(t['seeds'])} of {FULL_SEEDS} seeds: provisional)"
         if not (math.isfinite(gain) and math.isfinite(t["p"])):
             lines.append(f"- **{model}**: no verdict: a metric or the test is not a number (NaN/zero in the runs of "
@@ -202,6 +208,16 @@ def verdicts(groups) -> list[str]:
                      + ("matches or beats it" if ok else "**below** it: target not met") + partial + ".")
     else:
         lines.append("- **M2SR** vs the best plain backbone: not both run yet; no verdict.")
+    mixer = groups.get(("MLPMixerRec", "standalone"), [])
+    if m2sr and mixer:
+        seeds = sorted({r["seed"] for r in m2sr} & {r["seed"] for r in mixer})
+        pair = [[r for r in runs if r["seed"] in seeds] for runs in (m2sr, mixer)]
+        if seeds:
+            ok = _mean_ndcg(pair[0]) >= _mean_ndcg(pair[1])
+            partial = "" if len(seeds) >= FULL_SEEDS else f" (only {len(seeds)} of {FULL_SEEDS} seeds: provisional)"
+            lines.append(f"- **M2SR** vs MLPMixerRec (the same Mixer on item IDs alone), seeds {','.join(map(str, seeds))}: "
+                         f"{_mean_ndcg(pair[0]):.4f} against {_mean_ndcg(pair[1]):.4f}, "
+                         + ("matches or beats it" if ok else "**below** it: target not met") + partial + ".")
     return lines
 
 
@@ -388,6 +404,46 @@ def readme_section(results: Path, dataset: str) -> str:
     return "\n".join(lines)
 
 
+def summary_section(results: Path, dataset: str) -> str:
+    """The README's short answer to "does attach() help?": one line per backbone and one for M2SR."""
+    groups = group(read_results(results), dataset)
+    tests = paired_tests(groups)
+    lines = []
+    for model in BACKBONES:
+        t = tests.get(model)
+        if t is None:
+            lines.append(f"- {model}: not measured yet.")
+            continue
+        _, _, gain = _paired_gain(groups, model, t["seeds"])
+        n = len(t["seeds"])
+        if not math.isfinite(gain):
+            verdict = "no verdict (a metric is not a number)"
+        elif gain > 0 and t["p"] < TARGET_P:
+            verdict = "improved" + ("" if gain >= TARGET_GAIN else f", below the +{TARGET_GAIN:.0%} target")
+        elif gain > 0:
+            verdict = "not significantly improved"
+        else:
+            verdict = "not improved"
+        seeds = f"{n} seed{'s' if n > 1 else ''}" + ("" if n >= FULL_SEEDS else f" of {FULL_SEEDS}: provisional")
+        lines.append(f"- {model} + `attach()`: test NDCG@10 {gain * 100:+.1f} % (one-sided p = {t['p']:.2g}, {seeds}): {verdict}.")
+    best = max(((m, _mean_ndcg(groups[(m, "plain")])) for m in BACKBONES if groups.get((m, "plain"))),
+               key=lambda kv: kv[1], default=None)
+    m2sr = groups.get(("M2SR", "standalone"), [])
+    if best and m2sr:
+        n = len(m2sr)
+        mixer = groups.get(("MLPMixerRec", "standalone"), [])
+        k = len(mixer)
+        lines.append(f"- M2SR (standalone): test NDCG@10 {_mean_ndcg(m2sr):.4f} ({n} seed{'s' if n > 1 else ''}"
+                     + ("" if n >= FULL_SEEDS else f" of {FULL_SEEDS}") + f") against {best[1]:.4f} for the best plain "
+                     f"backbone ({best[0]})"
+                     + (f" and {_mean_ndcg(mixer):.4f} for MLPMixerRec, its ID-only twin ({k} seed{'s' if k > 1 else ''})"
+                        if mixer else "") + ".")
+    runs = sum(len(v) for v in groups.values())
+    expected = FULL_SEEDS * (2 * len(BACKBONES) + len(STANDALONE))
+    lines.append(f"- {runs} of the grid's {expected} runs recorded; written by `python -m benchmarks.report --readme README.md`.")
+    return "\n".join(lines)
+
+
 def update_readme(readme: Path, section: str, block: str = "compat") -> None:
     """Replace the text between ``<!-- {block}:begin -->`` and ``<!-- {block}:end -->`` in ``readme`` (atomically);
     error if the markers are missing."""
@@ -556,6 +612,8 @@ def main(argv=None) -> int:
     if args.readme is not None:
         try:
             update_readme(args.readme, readme_section(args.results, args.dataset))
+            if "<!-- summary:begin -->" in args.readme.read_text():  # the optional short answer near the top
+                update_readme(args.readme, summary_section(args.results, args.dataset), block="summary")
         except ValueError as err:
             parser.error(str(err))
     return 0

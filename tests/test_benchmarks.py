@@ -164,6 +164,7 @@ def test_report_verdicts_and_readme_block(tmp_path):
     assert "gain below +10%" in sasrec and "provisional" in sasrec
     assert "no paired" in next(line for line in lines if "**FPMC**" in line)
     assert "**below** it" in next(line for line in lines if "**M2SR**" in line)
+    assert not any("MLPMixerRec" in line for line in lines)  # none run: no comparison
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n{report.README_BEGIN}\nold table\n{report.README_END}\nafter\n")
@@ -171,6 +172,13 @@ def test_report_verdicts_and_readme_block(tmp_path):
     new = readme.read_text()
     assert "old table" not in new and new.startswith("# x\n\nbefore\n") and new.endswith(f"{report.README_END}\nafter\n")
     assert "| GRU4Rec | fusion | 0,1,2 |" in new and "17 of 30 runs recorded" in new
+    readme.write_text(f"# x\n<!-- summary:begin -->\nold\n<!-- summary:end -->\n{report.README_BEGIN}\n{report.README_END}\n")
+    assert report.main(["--results", str(path), "--readme", str(readme)]) == 0  # the optional short answer too
+    summary = readme.read_text().split("<!-- summary:begin -->")[1].split("<!-- summary:end -->")[0]
+    assert "old" not in summary and "- GRU4Rec + `attach()`: test NDCG@10 +" in summary
+    assert "3 seeds): improved." in summary and "3 seeds): not improved." in summary
+    assert "1 seed of 3: provisional): improved, below the +10% target." in summary
+    assert "- FPMC: not measured yet." in summary and "17 of the grid's 30 runs recorded" in summary
     readme.write_text("# no markers\n")
     with pytest.raises(SystemExit):
         report.main(["--results", str(path), "--readme", str(readme)])
