@@ -173,16 +173,21 @@ def _paired_gain(groups, model: str, seeds: list[int]) -> tuple[list[dict], list
     return plain, fusion, gain
 
 
-def verdicts(groups) -> list[str]:
-    """The issue's targets, one plain sentence per backbone plus M2SR against the best plain backbone."""
+def _per_backbone(groups):
+    """``(backbone, paired test or None, (plain runs, fusion runs, gain))`` for each backbone, in order."""
     tests = paired_tests(groups)
-    lines = []
     for model in BACKBONES:
         t = tests.get(model)
+        yield model, t, (_paired_gain(groups, model, t["seeds"]) if t else ([], [], math.nan))
+
+
+def verdicts(groups) -> list[str]:
+    """The issue's targets, one plain sentence per backbone plus M2SR against the best plain backbone."""
+    lines = []
+    for model, t, (plain, fusion, gain) in _per_backbone(groups):
         if t is None:
             lines.append(f"- **{model}**: no paired plain/fusion run yet; no verdict.")
             continue
-        plain, fusion, gain = _paired_gain(groups, model, t["seeds"])
         partial = "" if len(t["seeds"]) >= FULL_SEEDS else f" (only {len(t['seeds'])} of {FULL_SEEDS} seeds: provisional)"
         if not (math.isfinite(gain) and math.isfinite(t["p"])):
             lines.append(f"- **{model}**: no verdict: a metric or the test is not a number (NaN/zero in the runs of "
@@ -407,14 +412,11 @@ def readme_section(results: Path, dataset: str) -> str:
 def summary_section(results: Path, dataset: str) -> str:
     """The README's short answer to "does attach() help?": one line per backbone and one for M2SR."""
     groups = group(read_results(results), dataset)
-    tests = paired_tests(groups)
     lines = []
-    for model in BACKBONES:
-        t = tests.get(model)
+    for model, t, (_, _, gain) in _per_backbone(groups):
         if t is None:
             lines.append(f"- {model}: not measured yet.")
             continue
-        _, _, gain = _paired_gain(groups, model, t["seeds"])
         n = len(t["seeds"])
         if not math.isfinite(gain):
             verdict = "no verdict (a metric is not a number)"
