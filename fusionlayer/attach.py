@@ -10,6 +10,7 @@ scores exactly like the base model until it trains. ``detach`` restores the orig
 from __future__ import annotations
 
 import weakref
+from collections import Counter
 from typing import Any, Mapping
 
 import torch
@@ -191,7 +192,7 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], 
         raise ValueError(f"tokens at positions {blank[:5]} are None or blank ({tokens[blank[0]]!r}); every new item "
                          "needs a token (its item_id in the dataset's .item file), which is how it is found later")
     tokens = [str(t) for t in tokens]
-    repeated = sorted({t for t in tokens if tokens.count(t) > 1})
+    repeated = sorted(t for t, n in Counter(tokens).items() if n > 1)
     if repeated:
         raise ValueError(f"duplicate tokens {repeated[:5]}; each new item needs a unique token")
     existing = sorted(set(tokens) & set(adapter.item_tokens or []))

@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import string
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -168,7 +169,7 @@ def catalogue_content(name: str, data_root: str | Path, spec: ContentSpec) -> tu
         source = item_file if item_file.is_file() else folder / f"{name}.inter"
         raise ValueError(f"{source} has a header but no item rows: there is nothing to encode; "
                          "check that the file is complete (one row per item under the header)")
-    duplicates = sorted({t for t in tokens if tokens.count(t) > 1}) if len(set(tokens)) != len(tokens) else []
+    duplicates = sorted(t for t, n in Counter(tokens).items() if n > 1)
     if duplicates:
         raise ValueError(f"{item_file.name} lists item token(s) {duplicates[:5]} more than once; each item needs one row")
     rows = {t: row for t, row in zip(tokens, catalogue)}

@@ -26,6 +26,7 @@ import logging
 import os
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -207,12 +208,14 @@ class FeatureStore:
         """
         if len(tokens) != len(inputs):
             raise ValueError(f"got {len(tokens)} tokens but {len(inputs)} inputs; give one input per token")
+        tokens = [str(t) for t in tokens]  # unique as the strings the cache keys on (1 and "1" are one token)
         if len(set(tokens)) != len(tokens):
-            raise ValueError("tokens must be unique; deduplicate the item list first")
+            repeated = sorted(t for t, n in Counter(tokens).items() if n > 1)[:5]
+            raise ValueError(f"tokens must be unique, got {repeated} more than once (compared as strings); "
+                             "deduplicate the item list first")
         start = time.perf_counter()
         folder = self.entry_dir(dataset, modality, encoder)
         _check_writable(folder)
-        tokens = [str(t) for t in tokens]
         keys = [encoder.input_key(x) for x in inputs]
         cached = self._load_entry(folder, encoder)
         if cached is not None:
