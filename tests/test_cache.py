@@ -114,6 +114,8 @@ def test_bad_requests(tmp_path):
         store.get("ds", "text", enc, TOKENS, TEXTS[:2])
     with pytest.raises(ValueError, match="tokens must be unique"):
         store.get("ds", "text", enc, ["1", "1"], ["a", "b"])
+    with pytest.raises(ValueError, match=r"tokens must be unique, got \['7'\] .*as strings"):
+        store.get("ds", "text", enc, [7, "7"], ["a", "b"])
 
 
 def test_align_to_token_order(tmp_path):
@@ -122,6 +124,8 @@ def test_align_to_token_order(tmp_path):
     assert aligned.features.shape == (4, 3) and aligned.missing_tokens == 1
     assert not aligned.features[0].any() and aligned.present.tolist() == [False, False, True, False]
     assert aligned.features[2, 0] == len("Toy Story")
+    with pytest.raises(ValueError, match="none of the dataset's 2 item tokens .* another catalogue"):
+        cached.align(["[PAD]", "sku-a", "sku-b"])  # features of another catalogue: an error, not a table of zeros
 
 
 @pytest.mark.needs_ml100k

@@ -141,6 +141,11 @@ class CachedFeatures:
         features[known] = self.features[rows[known]]
         present[known] = self.present[rows[known]]
         missing = int((~known[1:]).sum())
+        if len(id_tokens) > 1 and missing == len(id_tokens) - 1 and self.tokens:
+            raise ValueError(f"none of the dataset's {len(id_tokens) - 1} item tokens (e.g. {[str(t) for t in id_tokens[1:4]]}) "
+                             f"has a row in these features (tokens e.g. {self.tokens[:3]}): they were encoded for another "
+                             "catalogue or item-id field; encode this dataset's items (fusionlayer encode --dataset <name>) "
+                             "or pass field_name= the dataset's item-id field")
         if missing:
             logger.warning("%d of %d dataset items have no cached row; they get zero features (present=False)",
                            missing, len(id_tokens) - 1)
