@@ -89,7 +89,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkout_root() -> Path | None:
+    """The source checkout whose ``benchmarks/`` to run: the working directory's, else the one this package
+    was installed from in editable mode; None for a wheel install run elsewhere."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (root / "benchmarks" / "__init__.py").is_file():
+            return root
+    return None
+
+
 def _bench(args: argparse.Namespace, rest: list[str]) -> int:
+    root = _checkout_root()
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))  # console scripts do not put the working directory on sys.path
     try:
         module = importlib.import_module(f"benchmarks.{args.which}")
     except ModuleNotFoundError as exc:

@@ -26,6 +26,17 @@ def test_bench_rejects_unknown_benchmark(capsys):
         cli.main(["bench", "speed"])
 
 
+def test_bench_finds_the_checkout_from_any_directory(tmp_path):
+    """``fusionlayer bench compat`` run outside the checkout (an editable install) reaches the benchmark's own
+    argument parser, instead of saying the benchmarks are missing."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fusionlayer.cli", "bench", "compat", "--models", "Nope"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--models: unknown or no names ['Nope']" in done.stderr
+
+
 @pytest.mark.needs_ml100k
 @pytest.mark.slow
 def test_encode_text_then_cache_hit(capsys):
