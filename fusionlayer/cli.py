@@ -14,9 +14,9 @@ Environment (read here only, never by the library): ``FUSIONLAYER_DATA`` (datase
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
-import importlib
 import sys
 import time
 import warnings
