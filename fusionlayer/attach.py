@@ -225,6 +225,8 @@ def _remember_grown(param: torch.Tensor) -> None:
     key = id(param)
     if key not in _GROWN or _GROWN[key]() is not param:
         _GROWN[key] = weakref.ref(param, lambda _, key=key: _GROWN.pop(key, None))
+
+
 _STALE_CHECK: list = []
 
 
