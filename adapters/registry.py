@@ -16,7 +16,7 @@ from fusionlayer.adapters.fpmc import FPMCAdapter
 from fusionlayer.adapters.sequential import GenericSequentialAdapter, GRU4RecAdapter, SASRecAdapter
 from fusionlayer.recbole_compat import patch_recbole
 
-__all__ = ["get_adapter", "list_adapters", "register_adapter"]
+__all__ = ["get_adapter", "list_adapters", "register_adapter", "registered_adapter"]
 
 _REGISTRY: dict[type, type] = {}
 
@@ -43,19 +43,24 @@ def list_adapters() -> dict[str, str]:
     return {model.__name__: adapter.__name__ for model, adapter in _default_registry().items()}
 
 
+def registered_adapter(model_class: type) -> type | None:
+    """The adapter registered for ``model_class`` or its nearest registered base class, or ``None``."""
+    registry = _default_registry()
+    return next((registry[cls] for cls in model_class.__mro__ if cls in registry), None)
+
+
 def get_adapter(model: nn.Module) -> type:
     """The adapter class for ``model``: registered (by class, then base classes) or generic sequential."""
     from recbole.model.abstract_recommender import AbstractRecommender, SequentialRecommender
 
-    registry = _default_registry()
     if not isinstance(model, AbstractRecommender):
         raise TypeError(
             f"attach() takes a RecBole recommender (recbole.model.abstract_recommender.AbstractRecommender), "
             f"got {type(model).__name__}; registered adapters: {list_adapters()}"
         )
-    for cls in type(model).__mro__:
-        if cls in registry:
-            return registry[cls]
+    adapter = registered_adapter(type(model))
+    if adapter is not None:
+        return adapter
     reason = ""
     if isinstance(model, SequentialRecommender) and isinstance(getattr(model, "item_embedding", None), nn.Embedding):
         try:

@@ -3,7 +3,8 @@
 The space is ``benchmarks/results/tuning/space.json`` (committed before its runs). Each candidate is
 one +fusion run of the compatibility benchmark's converged protocol on the space's seed, with one
 ``attach()`` option (or the set of modalities) changed from the defaults. Every finished run appends
-one line to ``benchmarks/results/tuning/<dataset>-<model>.jsonl`` (a re-run skips what is recorded);
+one line to ``benchmarks/results/tuning/<dataset>-<model>.jsonl`` (a re-run skips what is recorded; the
+'default' candidate reuses the main grid's +fusion run of the same seed when its protocol and recipe are the same);
 ``--pick`` writes ``picks.json`` and ``report.md``: per backbone, the candidate with the best validation NDCG@10, next
 to the plain baseline's validation NDCG@10 from the main grid when it is there. Test metrics are
 recorded but choose nothing.
@@ -44,6 +45,42 @@ def results_path(dataset: str, model: str) -> Path:
     return TUNING / f"{dataset}-{model}.jsonl"
 
 
+def resolved_recipe(model: str, fusion_options: dict) -> dict:
+    """The +fusion options ``attach()`` resolves for ``model`` from ``fusion_options`` (its adapter's defaults under them)."""
+    from fusionlayer.adapters.registry import registered_adapter
+    from fusionlayer.config import AdapterOptions
+
+    from benchmarks.models import model_class
+
+    adapter = registered_adapter(model_class(model))
+    return AdapterOptions.from_options(fusion_options, adapter.default_options).to_dict()
+
+
+def grid_default_row(dataset: str, model: str, seed: int, hparams: dict, grid: Path | None = None) -> dict | None:
+    """The main grid's +fusion run of ``model`` at ``seed`` when it is exactly the 'default' candidate's run.
+
+    It is when it was trained with the same protocol (common and per-model hyper-parameters) and the same
+    resolved fusion recipe as the default candidate would be today, at full size. Reusing it spares one
+    run per backbone (up to an hour and a half for SASRec at one thread); the line keeps its own commit,
+    date and command, and says where it came from (``reused_from``).
+    """
+    from fusionlayer.config import AdapterOptions
+
+    grid = grid or compat.RESULTS / f"compat-{dataset}.jsonl"
+    expected = {**hparams["common"], **hparams["models"][model], "fusion": resolved_recipe(model, hparams["fusion"])}
+    off = AdapterOptions().to_dict()  # an option added after a run was recorded is absent from its line; its
+    # off value (cold_dropout 0, reduce_features None) is the behaviour the run had, anything else is not
+    for row in compat.read_results(grid):
+        recorded = dict(row.get("hparams") or {})
+        fusion = recorded.get("fusion")
+        if isinstance(fusion, dict):
+            recorded["fusion"] = {**{k: v for k, v in expected["fusion"].items() if k not in fusion and v == off.get(k)}, **fusion}
+        if (row.get("model"), row.get("variant"), row.get("seed"), bool(row.get("quick"))) == (model, "fusion", seed, False) \
+                and recorded == expected and "modalities" not in hparams:
+            return {**row, "reused_from": grid.name}
+    return None
+
+
 def run(args, space: dict) -> None:
     hparams = compat.load_hparams()
     for model in args.models:
@@ -52,6 +89,14 @@ def run(args, space: dict) -> None:
         for candidate in space["candidates"]:
             if candidate["name"] in done:
                 continue
+            if candidate["name"] == "default" and not candidate["options"] and "modalities" not in candidate:
+                row = grid_default_row(args.dataset, model, space["seed"], hparams)
+                if row is not None:
+                    row.update(candidate="default", modalities=["text", "image"])
+                    compat.append_result(out, row)
+                    logger.info("%s default: the grid's seed-%d +fusion run (same protocol and recipe), valid ndcg@10 %.4f",
+                                model, space["seed"], row["valid"]["full"]["ndcg@10"])
+                    continue
             logger.info("%s %s (seed %d)", model, candidate["name"], space["seed"])
             recipe = {**hparams, "fusion": {**hparams["fusion"], **candidate["options"]}}
             if "modalities" in candidate:
@@ -113,6 +158,7 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
                          f"{r.get('train_seconds', 0):.0f} |")
         for name, score in sorted(p["valid_ndcg@10"].items(), key=lambda kv: -kv[1]):
             r = rows[name]
+            name = f"{name} (the grid's run, `{r['reused_from']}`)" if r.get("reused_from") else name
             lines.append(f"| {name} | {score:.4f} | {_pct(score, default) if name != 'default' else ''} | "
                          f"{_pct(score, plain)} | {r.get('best_epoch', '-')} / {r['epochs_run']} | "
                          f"{r.get('train_seconds', 0):.0f} |")

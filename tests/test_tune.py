@@ -52,3 +52,33 @@ def test_a_space_without_default_or_with_a_bad_option_is_refused(tmp_path):
 def test_the_committed_space_loads():
     space = tune.load_space()
     assert space["candidates"][0]["name"] == "default" and space["metric"].startswith("valid.")
+
+
+def test_the_default_candidate_reuses_the_grids_identical_run_and_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "TUNING", tmp_path)
+    monkeypatch.setattr(compat, "RESULTS", tmp_path)
+    hparams = compat.load_hparams()
+    recipe = tune.resolved_recipe("FPMC", hparams["fusion"])
+    same = {**_run("FPMC", None, 0.058, 0.05), "hparams": {**hparams["common"], **hparams["models"]["FPMC"],
+                                                            "fusion": {k: v for k, v in recipe.items() if k != "cold_dropout"}}}
+    other_seed = {**same, "seed": 1}
+    other_recipe = {**same, "valid": _run("FPMC", None, 0.9, 0.9)["valid"],
+                    "hparams": {**same["hparams"], "fusion": {**recipe, "output_scale": 3.0}}}
+    (tmp_path / "compat-ml-100k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (other_recipe, other_seed, same)))
+    row = tune.grid_default_row("ml-100k", "FPMC", 0, hparams)
+    assert row is not None and row["valid"]["full"]["ndcg@10"] == 0.058 and row["reused_from"] == "compat-ml-100k.jsonl"
+    assert tune.grid_default_row("ml-100k", "FPMC", 2, hparams) is None
+    assert tune.grid_default_row("ml-100k", "GRU4Rec", 0, hparams) is None
+    changed = {**hparams, "fusion": {**hparams["fusion"], "output_scale": 3.0}}
+    assert tune.grid_default_row("ml-100k", "FPMC", 0, changed)["valid"]["full"]["ndcg@10"] == 0.9
+    assert tune.grid_default_row("ml-100k", "FPMC", 0, {**hparams, "modalities": ["text"]}) is None
+
+    # run() records it as the default candidate without training; the other candidates would train
+    trained = []
+    monkeypatch.setattr(compat, "run_one", lambda *a, **k: trained.append(a) or pytest.fail("should not train"))
+    space = {"seed": 0, "models": ["FPMC"], "candidates": [{"name": "default", "options": {}}]}
+    args = type("Args", (), {"models": ["FPMC"], "dataset": "ml-100k"})()
+    tune.run(args, space)
+    lines = compat.read_results(tmp_path / "ml-100k-FPMC.jsonl")
+    assert [(r["candidate"], r["commit"], r["reused_from"]) for r in lines] == [("default", "abc", "compat-ml-100k.jsonl")]
+    assert not trained
