@@ -26,6 +26,7 @@ from benchmarks import compat
 from benchmarks.cli_args import names, set_threads
 from benchmarks.models import BACKBONES
 from benchmarks.provenance import atomic_write_bytes, atomic_write_json, provenance, runs_summary
+from benchmarks.queue import claim_run
 
 TUNING = compat.RESULTS / "tuning"
 logger = logging.getLogger("fusionlayer.bench.tune")
@@ -82,33 +83,48 @@ def grid_default_row(dataset: str, model: str, seed: int, hparams: dict, grid: P
 
 
 def run(args, space: dict) -> None:
+    """Run every candidate not yet recorded, in the space's order (only ``args.candidates`` when given).
+
+    Several processes may search at once: each run is claimed first (``<results>.claims/``, as the grid's
+    workers do), so two never train the same candidate, and a stopped run resumes from its snapshot.
+    """
     hparams = compat.load_hparams()
+    wanted = getattr(args, "candidates", None)
     for model in args.models:
         out = results_path(args.dataset, model)
-        done = {row.get("candidate") for row in compat.read_results(out)}
         for candidate in space["candidates"]:
-            if candidate["name"] in done:
+            name = candidate["name"]
+            if (wanted and name not in wanted) or name in {row.get("candidate") for row in compat.read_results(out)}:
                 continue
-            if candidate["name"] == "default" and not candidate["options"] and "modalities" not in candidate:
-                row = grid_default_row(args.dataset, model, space["seed"], hparams)
-                if row is not None:
-                    row.update(candidate="default", modalities=["text", "image"])
-                    compat.append_result(out, row)
-                    logger.info("%s default: the grid's seed-%d +fusion run (same protocol and recipe), valid ndcg@10 %.4f",
-                                model, space["seed"], row["valid"]["full"]["ndcg@10"])
-                    continue
-            logger.info("%s %s (seed %d)", model, candidate["name"], space["seed"])
-            recipe = {**hparams, "fusion": {**hparams["fusion"], **candidate["options"]}}
-            if "modalities" in candidate:
-                recipe["modalities"] = candidate["modalities"]
-            state_dir = compat.run_state_dir(out, (model, candidate["name"], space["seed"]))
-            row = compat.run_one(model, "fusion", space["seed"], args, recipe, state_dir=state_dir)
-            row.update(candidate=candidate["name"], modalities=candidate.get("modalities", ["text", "image"]),
-                       command=provenance("benchmarks.tune")["command"])
-            compat.append_result(out, row)
-            shutil.rmtree(state_dir, ignore_errors=True)
-            logger.info("  valid ndcg@10 %.4f (best epoch %d of %d)", row["valid"]["full"]["ndcg@10"],
-                        row["best_epoch"], row["epochs_run"])
+            key = (model, name, space["seed"])
+            claim = claim_run(out, key)
+            if claim is None:
+                logger.info("%s %s is claimed by another process; skipped", model, name)
+                continue
+            try:
+                if name in {row.get("candidate") for row in compat.read_results(out)}:
+                    continue  # recorded by another process between the check and the claim
+                row = None
+                if name == "default" and not candidate["options"] and "modalities" not in candidate:
+                    row = grid_default_row(args.dataset, model, space["seed"], hparams)
+                    if row is not None:
+                        row.update(candidate="default", modalities=["text", "image"])
+                        logger.info("%s default: the grid's seed-%d +fusion run (same protocol and recipe)", model, space["seed"])
+                if row is None:
+                    logger.info("%s %s (seed %d)", model, name, space["seed"])
+                    recipe = {**hparams, "fusion": {**hparams["fusion"], **candidate["options"]}}
+                    if "modalities" in candidate:
+                        recipe["modalities"] = candidate["modalities"]
+                    row = compat.run_one(model, "fusion", space["seed"], args, recipe,
+                                         state_dir=compat.run_state_dir(out, key))
+                    row.update(candidate=name, modalities=candidate.get("modalities", ["text", "image"]),
+                               command=provenance("benchmarks.tune")["command"])
+                compat.append_result(out, row)
+                shutil.rmtree(compat.run_state_dir(out, key), ignore_errors=True)
+                logger.info("  valid ndcg@10 %.4f (best epoch %d of %d)", row["valid"]["full"]["ndcg@10"],
+                            row["best_epoch"], row["epochs_run"])
+            finally:
+                claim.unlink(missing_ok=True)
 
 
 def pick(dataset: str, space: dict) -> dict:
@@ -179,15 +195,19 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--candidates", default=None,
+                        help="comma-separated candidate names from space.json to run (default: all, in order)")
     parser.add_argument("--pick", action="store_true", help="only write picks.json from the recorded runs")
     args = parser.parse_args(argv)
     args.models = names(parser, args.models, BACKBONES, "--models")
+    space = load_space()
+    if args.candidates is not None:
+        args.candidates = names(parser, args.candidates, [c["name"] for c in space["candidates"]], "--candidates")
     args.quick = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in ("recbole", "fusionlayer"):
         logging.getLogger(name).setLevel(logging.WARNING)
     set_threads(args.threads)
-    space = load_space()
     if not args.pick:
         run(args, space)
     picks = pick(args.dataset, space)

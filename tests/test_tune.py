@@ -82,3 +82,28 @@ def test_the_default_candidate_reuses_the_grids_identical_run_and_nothing_else(t
     lines = compat.read_results(tmp_path / "ml-100k-FPMC.jsonl")
     assert [(r["candidate"], r["commit"], r["reused_from"]) for r in lines] == [("default", "abc", "compat-ml-100k.jsonl")]
     assert not trained
+
+
+def test_search_runs_only_the_chosen_unrecorded_unclaimed_candidates(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "TUNING", tmp_path)
+    monkeypatch.setattr(compat, "RESULTS", tmp_path)
+    trained = []
+
+    def fake_run(model, variant, seed, args, recipe, state_dir=None):
+        trained.append(recipe["fusion"].get("output_scale"))
+        return _run(model, None, 0.05, 0.05)
+
+    monkeypatch.setattr(compat, "run_one", fake_run)
+    space = {"seed": 0, "models": ["FPMC"], "candidates": [
+        {"name": "default", "options": {}}, {"name": "a", "options": {"output_scale": 0.5}},
+        {"name": "b", "options": {"output_scale": 2.0}}, {"name": "c", "options": {"output_scale": 4.0}}]}
+    out = tune.results_path("ml-100k", "FPMC")
+    out.write_text(json.dumps(_run("FPMC", "a", 0.06, 0.06)) + "\n")          # recorded: not run again
+    held = tune.claim_run(out, ("FPMC", "b", 0))                               # claimed by a live process (this one)
+    args = type("Args", (), {"models": ["FPMC"], "dataset": "ml-100k", "candidates": ["a", "b", "c"]})()
+    tune.run(args, space)
+    assert trained == [4.0]                                                    # not default (not chosen), a, or b
+    assert [r["candidate"] for r in compat.read_results(out)] == ["a", "c"]
+    assert held.exists() and not (out.with_name(out.name + ".claims") / "FPMC__c__0.json").exists()
+    with pytest.raises(SystemExit):
+        tune.main(["--candidates", "nope", "--pick"])
