@@ -4,8 +4,9 @@ Protocol (issue 15): ML-100K after the compatibility benchmark's 5-core filter; 
 chosen with a fixed seed (``--cold-seed``, independent of the run seeds), lose every interaction except
 those that are a user's last two, so they never occur in training and appear only as validation/test
 targets (leave-one-out by time, full ranking over all items). Every run reports NDCG@10 and Hit@10 on the
-test users whose target is cold and on those whose target is warm, and the per-user cold NDCG@10 aligned
-by user id.
+test users whose target is cold and on those whose target is warm, and the per-user cold NDCG@10
+(``per_user_cold_ndcg``: a list ordered by user id, one value per cold test case, so that the lists of one
+seed's runs align; the ids are in ``per_user_cold_users``).
 
 Variants: ``plain`` backbones (which can only guess on cold items), ``fusion`` (attach's defaults),
 ``fusion+cold`` (``attach(..., cold_dropout=...)``), ``M2SR`` standalone, and ``ContentKNN``: rank by the
@@ -139,8 +140,11 @@ def split_metrics(ranks: dict[str, np.ndarray], targets: np.ndarray, cold_ids: n
         out[group] = {"ndcg@10": round(float(metrics["ndcg@10"][rows].mean()), 6) if rows.any() else None,
                       "hit@10": round(float(metrics["hit@10"][rows].mean()), 6) if rows.any() else None,
                       "users": int(rows.sum())}
-    out["per_user_cold_ndcg"] = {"user": ranks["user"][is_cold].tolist(),
-                                 "ndcg@10": [round(float(x), 5) for x in metrics["ndcg@10"][is_cold]]}
+    # one value per cold test case, ordered by user id (one test case per user), so that runs of one seed align
+    users, ndcg = ranks["user"][is_cold], metrics["ndcg@10"][is_cold]
+    order = np.argsort(users, kind="stable")
+    out["per_user_cold_ndcg"] = [round(float(x), 5) for x in ndcg[order]]
+    out["per_user_cold_users"] = [int(u) for u in users[order]]
     return out
 
 

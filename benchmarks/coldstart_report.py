@@ -54,14 +54,24 @@ def table(groups) -> list[str]:
     return lines
 
 
+def cold_ndcg_by_user(row: dict) -> dict[int, float]:
+    """``{user id: cold NDCG@10}`` of one run: ``per_user_cold_ndcg`` (ordered by user id) with ``per_user_cold_users``."""
+    values, users = row["per_user_cold_ndcg"], row.get("per_user_cold_users")
+    if isinstance(values, dict):  # lines written before the list format: {"user": [...], "ndcg@10": [...]}
+        values, users = values["ndcg@10"], values["user"]
+    if users is None or len(users) != len(values):
+        raise ValueError(f"{row.get('model')} {row.get('variant')} seed {row.get('seed')}: per_user_cold_ndcg has "
+                         f"{len(values)} values but per_user_cold_users has {None if users is None else len(users)}")
+    return dict(zip((int(u) for u in users), values))
+
+
 def paired_cold(a: list[dict], b: list[dict]) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Per-user cold NDCG@10 of two run lists, paired by (seed, user) over the seeds both have."""
     by_seed = lambda runs: {int(r["seed"]): r for r in runs}  # noqa: E731
     sa, sb = by_seed(a), by_seed(b)
     x, y, seeds = [], [], sorted(set(sa) & set(sb))
     for seed in seeds:
-        ua = dict(zip(sa[seed]["per_user_cold_ndcg"]["user"], sa[seed]["per_user_cold_ndcg"]["ndcg@10"]))
-        ub = dict(zip(sb[seed]["per_user_cold_ndcg"]["user"], sb[seed]["per_user_cold_ndcg"]["ndcg@10"]))
+        ua, ub = cold_ndcg_by_user(sa[seed]), cold_ndcg_by_user(sb[seed])
         for user in sorted(set(ua) & set(ub)):
             x.append(ua[user])
             y.append(ub[user])

@@ -37,7 +37,7 @@ def _row(model, variant, seed, cold, warm, users=(1, 2, 3, 4, 5, 6)):
     return {"dataset": "ml-100k", "model": model, "variant": variant, "seed": seed, "quick": False,
             "cold": {"ndcg@10": float(np.mean(cold)), "hit@10": 0.5, "users": len(cold)},
             "warm": {"ndcg@10": warm, "hit@10": 0.5, "users": 40},
-            "per_user_cold_ndcg": {"user": list(users), "ndcg@10": list(cold)}, "cold_items": 135, "test": {},
+            "per_user_cold_ndcg": list(cold), "per_user_cold_users": list(users), "cold_items": 135, "test": {},
             "commit": "abc", "device": "cpu", "date": f"2026-01-0{seed + 1}", "command": "x", "protocol": 2}
 
 
@@ -85,7 +85,9 @@ def test_coldstart_quick_end_to_end(tmp_path):
                                                           ("ContentKNN", "standalone")}
     for row in rows:
         assert row["cold"]["users"] + row["warm"]["users"] > 0 and row["quick"] is True
-        assert len(row["per_user_cold_ndcg"]["user"]) == row["cold"]["users"]
+        assert len(row["per_user_cold_ndcg"]) == len(row["per_user_cold_users"]) == row["cold"]["users"]
+        assert row["per_user_cold_users"] == sorted(row["per_user_cold_users"])  # aligned by user id across runs
+        assert all(isinstance(x, float) for x in row["per_user_cold_ndcg"])
         assert {"commit", "device", "date", "command"} <= set(row)
     # one patience for every trained run (here --quick's), whatever a backbone's own in compat_config.json
     assert {r["patience"] for r in rows if r["model"] == "BPR"} == {1}
@@ -107,3 +109,16 @@ def test_items_unseen_in_training_are_never_negatives_nor_logits():
     keep = [i for i in range(10) if i not in unseen]
     expected = torch.nn.functional.cross_entropy(logits[:, keep], torch.tensor([keep.index(int(t)) for t in target]))
     torch.testing.assert_close(model.loss_fct(logits, target), expected)
+
+
+def test_split_metrics_orders_cold_cases_by_user_and_old_lines_still_read():
+    ranks = {"full": np.array([0, 20, 3, 1, 2]), "user": np.array([9, 4, 7, 2, 5])}     # 0-based ranks
+    targets, cold_ids = np.array([100, 101, 100, 5, 100]), np.array([100, 101])
+    out = coldstart.split_metrics(ranks, targets, cold_ids)
+    assert out["per_user_cold_users"] == [4, 5, 7, 9] and out["cold"]["users"] == 4 and out["warm"]["users"] == 1
+    assert out["per_user_cold_ndcg"] == [0.0, 0.5, 0.43068, 1.0]        # users 4 (rank 20), 5 (2), 7 (3), 9 (0)
+    assert coldstart_report.cold_ndcg_by_user(out) == {4: 0.0, 5: 0.5, 7: 0.43068, 9: 1.0}
+    old = {"per_user_cold_ndcg": {"user": [3, 1], "ndcg@10": [0.5, 0.0]}}
+    assert coldstart_report.cold_ndcg_by_user(old) == {3: 0.5, 1: 0.0}
+    with pytest.raises(ValueError, match="per_user_cold_users"):
+        coldstart_report.cold_ndcg_by_user({"model": "BPR", "per_user_cold_ndcg": [0.1, 0.2]})
