@@ -18,6 +18,7 @@ from torch import nn
 
 from fusionlayer.adapters.registry import get_adapter, list_adapters, register_adapter
 from fusionlayer.config import AdapterOptions
+from fusionlayer.encoders.cache import CachedFeatures
 from fusionlayer.features import as_feature_tables
 
 
@@ -166,7 +167,9 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], 
     Args:
         model: an attached model.
         features: ``{modality: (len(tokens), D)}`` rows for exactly the modalities the model was attached
-            with, e.g. ``FeatureStore(...).get(...)`` rows of the new tokens (float, finite).
+            with (float, finite), or ``{modality: CachedFeatures}``: a feature-cache entry (what
+            ``fusionlayer.encoders.encode_items`` returns once the new items are encoded), whose rows are
+            looked up by token.
         tokens: the new items' tokens (unique; none may already be in the model's dataset).
         optimizer: optional optimizer over the model's parameters whose state should follow the new rows.
 
@@ -192,6 +195,9 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], 
         raise ValueError(f"tokens at positions {blank[:5]} are None or blank ({tokens[blank[0]]!r}); every new item "
                          "needs a token (its item_id in the dataset's .item file), which is how it is found later")
     tokens = [str(t) for t in tokens]
+    if isinstance(features, Mapping):  # a feature-cache entry serves the new tokens' rows itself
+        features = {name: value.rows(tokens) if isinstance(value, CachedFeatures) else value
+                    for name, value in features.items()}
     repeated = sorted(t for t, n in Counter(tokens).items() if n > 1)
     if repeated:
         raise ValueError(f"duplicate tokens {repeated[:5]}; each new item needs a unique token")

@@ -149,3 +149,25 @@ def test_cold_dropout_needs_the_candidate_side(setups):
     with pytest.raises(ValueError, match="side='history'.*would all score the same"):  # nothing to score them with
         fusionlayer.add_items(model, new_rows(2), ["a", "b"])
     assert model.n_items == n
+
+
+def test_add_items_takes_feature_cache_entries_and_looks_rows_up_by_token(setups):
+    import copy
+
+    import numpy as np
+
+    from fusionlayer.encoders import CachedFeatures
+
+    model, train, batch, eval_batch = attached("SASRec", setups)
+    twin = copy.deepcopy(model)
+    rows = new_rows(3)
+    cache = {m: CachedFeatures(["c1", "c2", "c3"], t.numpy().astype(np.float32), np.ones(3, bool), {}) for m, t in rows.items()}
+    with pytest.raises(ValueError, match=r"1 of 2 tokens have no row .*\['c9'\].*encode again"):
+        fusionlayer.add_items(model, cache, ["c2", "c9"])
+    ids = fusionlayer.add_items(model, cache, ["c3", "c1"])                        # looked up by token, in this order
+    assert ids == fusionlayer.add_items(twin, {m: t[[2, 0]] for m, t in rows.items()}, ["c3", "c1"])
+    model.eval(), twin.eval()
+    with torch.no_grad():
+        assert torch.equal(model.full_sort_predict(eval_batch), twin.full_sort_predict(eval_batch))
+    numeric = CachedFeatures(["1", "2", "3"], rows["text"].numpy(), np.ones(3, bool), {})
+    assert torch.equal(numeric.rows([1, "3"]), rows["text"][[0, 2]])                # tokens compared as strings

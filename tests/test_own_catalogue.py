@@ -159,6 +159,30 @@ def test_encode_attach_train_predict_on_a_new_dataset(shop, tmp_path):
         item_file.write_text(original)
     assert np.isfinite(result.features).all()
 
+    # new items (issue 15), as the README says: into the catalogue, encoded (only they are), added from the cache
+    from PIL import Image
+
+    spec = ContentSpec(text_fields=("title", "description"), image_dir="images")
+    new_image = shop / "shop" / "images" / "sku-new1.png"
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        before = model.full_sort_predict(batch).view(len(batch), -1)
+    try:
+        item_file.write_text(original + "sku-new1\tBrand new\tA green thing\tcat0\nsku-new2\tAnother one\tA plain thing\tcat1\n")
+        Image.new("RGB", (32, 32), (10, 200, 30)).save(new_image)
+        entries = {m: encode_items("shop", m, data_root=shop, cache_dir=cache, progress=False, content=spec)
+                   for m in ("text", "image")}
+    finally:
+        item_file.write_text(original)
+        new_image.unlink(missing_ok=True)
+    assert entries["image"].stats["encoded"] == 2 and entries["image"].stats["reused"] == N_ITEMS
+    ids = fusionlayer.add_items(model, entries, tokens=["sku-new1", "sku-new2"])
+    assert ids == [train.dataset.item_num, train.dataset.item_num + 1]
+    with torch.no_grad():
+        after = model.full_sort_predict(batch).view(len(batch), -1)
+    assert after.shape[1] == before.shape[1] + 2 and torch.equal(after[:, :before.shape[1]], before)
+    assert torch.isfinite(after).all() and not torch.equal(after[:, -2], after[:, -1])
+
 
 def test_cli_encode_help_shows_the_content_options(capsys):
     from fusionlayer.cli import main

@@ -116,6 +116,23 @@ class CachedFeatures:
     def row_of(self, token: str) -> int:
         return self._index()[token]
 
+    def rows(self, tokens: Sequence[Any]) -> torch.Tensor:
+        """``(len(tokens), D)`` float32 rows of ``tokens`` (compared as strings), in their order.
+
+        This is how new items' rows come from the cache, e.g. for :func:`fusionlayer.add_items` (which also
+        takes this entry itself and calls this). Raises ``ValueError`` naming the tokens it has no row for.
+        """
+        if isinstance(tokens, (str, bytes)):
+            tokens = [tokens]
+        index, wanted = self._index(), [str(t) for t in tokens]
+        unknown = [t for t in wanted if t not in index]
+        if unknown:
+            raise ValueError(f"{len(unknown)} of {len(wanted)} tokens have no row in this cache entry (e.g. {unknown[:5]}; "
+                             f"it holds {len(self.tokens)} tokens, e.g. {self.tokens[:3]}); add the items to the catalogue "
+                             "(the .item file, text source or image folder) and encode again (fusionlayer encode ...): "
+                             "only what is new is encoded")
+        return torch.from_numpy(np.array(self.features[[index[t] for t in wanted]], dtype=np.float32).reshape(len(wanted), self.dim))
+
     def _index(self) -> dict[str, int]:
         if not hasattr(self, "_token_index"):
             self._token_index = {t: i for i, t in enumerate(self.tokens)}
