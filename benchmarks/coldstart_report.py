@@ -83,6 +83,9 @@ def _mean(runs: list[dict], part: str) -> float | None:
     return statistics.fmean(values) if values and all(np.isfinite(values)) else None
 
 
+REQUIRED = ("SASRec", "BPR")  # the backbones the 3-seed benchmark asks for
+
+
 def verdicts(groups) -> list[str]:
     from scipy.stats import wilcoxon
 
@@ -90,6 +93,9 @@ def verdicts(groups) -> list[str]:
     for model in ("SASRec", "GRU4Rec", "BPR", "FPMC"):
         cold, fused, plain = (groups.get((model, v), []) for v in ("fusion+cold", "fusion", "plain"))
         if not cold:
+            if model in REQUIRED:
+                lines.append(f"- **{model}**: no fusion+cold run recorded: **not measured** (the 3-seed benchmark "
+                             f"needs {', '.join(REQUIRED)}; `python -m benchmarks.coldstart --models {model} --seeds 0,1,2`).")
             continue
         parts = []
         if knn:

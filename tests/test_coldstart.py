@@ -66,6 +66,8 @@ def test_report_verdicts_follow_the_targets(tmp_path):
     full, _ = coldstart_report.report(out)
     bpr = next(line for line in full.splitlines() if line.startswith("- **BPR**"))
     assert "warm NDCG@10 -0.7 %" in bpr and "provisional" in bpr
+    sasrec = next(line for line in full.splitlines() if line.startswith("- **SASRec**"))  # required, not run: said so
+    assert "**not measured**" in sasrec and not any(line.startswith("- **GRU4Rec**") for line in full.splitlines())
 
 
 def test_report_counts_a_duplicated_run_once(tmp_path):
