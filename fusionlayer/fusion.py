@@ -41,6 +41,15 @@ def _mixer_stack(config: FusionConfig, depth: int) -> nn.ModuleList:
     )
 
 
+
+def _autocast_on(device: torch.device) -> bool:
+    """Mixed precision (``torch.autocast``, RecBole's ``enable_amp``) is on for ``device``: inputs then arrive in
+    the autocast dtype while the weights stay in theirs, which is how autocast is meant to work."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except (TypeError, RuntimeError):  # a device type autocast does not know
+        return False
+
 class FeatureFusionLayer(nn.Module):
     """Per-modality Mixers followed by a fusion Mixer; ``(B, L, D_m)`` streams -> ``(B, L, H)``.
 
@@ -139,7 +148,7 @@ class FeatureFusionLayer(nn.Module):
                              f"got {tuple(x.shape)} (D = {expected}); (B, L) is the mask's shape: every modality's "
                              f"(B, L, D) features share one (B, L) mask")
         reference = self.fuse.weight
-        if x.dtype != reference.dtype:
+        if x.dtype != reference.dtype and not (x.is_floating_point() and _autocast_on(x.device)):
             raise TypeError(f"{what}[{name!r}] has dtype {x.dtype} but the layer's weights are {reference.dtype}; "
                             f"convert with .to({reference.dtype}) (or the layer with .to(dtype))")
         if x.device != reference.device:

@@ -60,8 +60,9 @@ class TokenMixingMlp(MlpBlock):
         """
         L = x.shape[0]
         h = F.gelu(torch.addmm(self.fc1.bias.unsqueeze(1), self.fc1.weight[:, -L:], x))  # (T, C)
-        if last_only:
-            return self.drop(torch.addmv(self.fc2.bias[-1].expand(h.shape[1]), h.t(), self.fc2.weight[-1]))
+        if last_only:  # addmv is not on every device's autocast list: its operands take h's dtype (a no-op without it)
+            bias, weight = self.fc2.bias[-1].to(h.dtype), self.fc2.weight[-1].to(h.dtype)
+            return self.drop(torch.addmv(bias.expand(h.shape[1]), h.t(), weight))
         return self.drop(torch.addmm(self.fc2.bias[-L:].unsqueeze(1), self.fc2.weight[-L:], h))
 
 

@@ -103,6 +103,32 @@ def test_gradients_reach_fusion_and_freeze_backbone(name, setups):
     assert all(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.parametrize("name", BACKBONES)
+def test_mixed_precision_autocast_trains_and_scores(name, setups):
+    """RecBole's enable_amp runs the model under torch.autocast: the fusion's inputs then arrive in the autocast
+    dtype while its weights stay float32 (it raised a dtype error, then failed inside addmv, before)."""
+    model, _, (config, train, valid, test, batch) = fresh(name, setups)
+    with torch.no_grad():  # trained-looking gates, so the fusion's outputs count in the scores
+        for p in model.fusion_adapter.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.2)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for n, p in model.fusion_adapter.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    model.eval()
+    interaction = next(iter(test))[0]
+    with torch.no_grad():
+        exact = model.full_sort_predict(interaction).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model.full_sort_predict(interaction).float()
+    assert mixed.shape == exact.shape and torch.isfinite(mixed).all()
+    assert (mixed - exact).abs().max() <= 0.05 * exact.abs().max()  # bfloat16 keeps ~3 significant digits
+
+
 @pytest.mark.parametrize("name", ["SASRec", "BPR"])
 def test_fusion_state_dict_round_trip(name, setups):
     model, _, data = fresh(name, setups)
