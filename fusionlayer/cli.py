@@ -125,6 +125,9 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionlayer", description="Multi-modal fusion for sequential recommenders.")
+    from fusionlayer import __version__
+
+    parser.add_argument("--version", action="version", version=f"fusionlayer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     data_default, cache_default = os.environ.get("FUSIONLAYER_DATA"), os.environ.get("FUSIONLAYER_CACHE")
 
@@ -156,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--no-progress", action="store_true")
 
     demo = sub.add_parser("demo", help="short real run on ML-100K: M2SR and GRU4Rec + fusion")
-    demo.add_argument("--epochs", type=int, default=1)
+    demo.add_argument("--epochs", type=_positive_int, default=1)
     demo.add_argument("--data-dir", default=data_default)
     demo.add_argument("--cache-dir", default=cache_default)
     demo.add_argument("--workdir", default=".", help="where RecBole writes its checkpoints (saved/)")
@@ -173,16 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    if args.command == "encode":
-        try:
-            return _encode(args)
-        except (ValueError, KeyError, FileNotFoundError, PermissionError, RuntimeError) as exc:  # say what, not where
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            print(f"fusionlayer encode: error: {message}", file=sys.stderr)
-            return 2
-    if args.command == "demo":
-        return _demo(args)
-    return _bench(args, rest)
+    if args.command == "bench":
+        return _bench(args, rest)
+    try:
+        return _encode(args) if args.command == "encode" else _demo(args)
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:  # say what, not where (OSError: files, weights)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"fusionlayer {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

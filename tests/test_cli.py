@@ -21,6 +21,24 @@ def test_unknown_image_encoder_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "unknown image encoder 'no-such-thing'" in capsys.readouterr().err  # a message, no traceback
 
 
+@pytest.mark.needs_ml100k
+def test_a_text_model_that_cannot_load_is_a_message_not_a_traceback(tmp_path, capsys):
+    from conftest import SHARED
+
+    code = cli.main(["encode", "--dataset", "ml-100k", "--modality", "text", "--encoder", "no-such-org/no-such-model",
+                     "--data-dir", str(SHARED), "--cache-dir", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot load text model 'no-such-org/no-such-model'" in err and "Traceback" not in err
+
+
+def test_version(capsys):
+    import fusionlayer
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"fusionlayer {fusionlayer.__version__}"
+
+
 def test_bench_rejects_unknown_benchmark(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "speed"])
@@ -47,3 +65,9 @@ def test_encode_text_then_cache_hit(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert "1682 items x 384" in out[-2] and "cache hit" in out[-2]
     assert "'no_poster': 19" in out[-1] and "'empty_plot': 18" in out[-1]
+
+
+def test_demo_refuses_a_non_positive_epoch_count(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--epochs", "0"])
+    assert exit_info.value.code == 2 and "expected a positive integer, got 0" in capsys.readouterr().err
