@@ -10,6 +10,8 @@ Both train with RecBole's own ``Trainer`` and evaluate with full ranking.
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Mapping
 
 import torch
@@ -59,7 +61,9 @@ class M2SR(SequentialRecommender):
             (all optional, :class:`FusionConfig` defaults) and ``MAX_ITEM_LIST_LENGTH``.
         dataset: the RecBole dataset the model is trained on.
         features: ``{modality: (dataset.item_num, D)}`` per-item tables in RecBole's internal id order
-            (row 0 = padding id), e.g. from ``FeatureStore.align(dataset)``. Validated once here.
+            (row 0 = padding id), e.g. from ``FeatureStore.align(dataset)``. Validated once here. Without
+            any (RecBole's own pipeline builds models as ``Model(config, dataset)``) it is the ID-only
+            :class:`MLPMixerRec`, with a warning.
     """
 
     input_type = InputType.POINTWISE
@@ -69,6 +73,10 @@ class M2SR(SequentialRecommender):
         tables = as_feature_tables(features or {}, self.n_items)
         if "id" in tables:
             raise ValueError("the modality name 'id' is reserved for the item-ID stream; rename that feature table")
+        if not tables and type(self) is M2SR:
+            warnings.warn("M2SR was built without item features, so it is the ID-only MLPMixerRec; pass "
+                          "features=load_features(dataset_name, dataset) (fusionlayer.encoders) for text and images",
+                          UserWarning, stacklevel=2)
         loss_type = config["loss_type"] or "CE"
         if loss_type != "CE":
             raise ValueError(f"{type(self).__name__} trains with loss_type='CE' (full softmax), got {loss_type!r}")

@@ -64,3 +64,16 @@ def test_m2sr_uses_the_features(tiny_root, tmp_path):
     a = model.full_sort_predict(interaction)
     model.normed_text.mul_(2)
     assert not torch.allclose(a, model.full_sort_predict(interaction))
+
+
+def test_m2sr_without_features_warns_that_it_is_id_only(tiny_root, tmp_path):
+    import warnings
+
+    import fusionlayer
+
+    config, train, _, _ = build(fusionlayer.M2SR, tiny_root, tmp_path)
+    with pytest.warns(UserWarning, match="without item features, so it is the ID-only MLPMixerRec"):
+        fusionlayer.M2SR(config, train.dataset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fusionlayer.MLPMixerRec(config, train.dataset)  # ID-only by design: no warning
