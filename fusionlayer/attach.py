@@ -9,6 +9,7 @@ scores exactly like the base model until it trains. ``detach`` restores the orig
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections import Counter
 from typing import Any, Mapping
@@ -73,18 +74,29 @@ def attach(model: nn.Module, features: Mapping[str, Any], *, dataset: Any = None
         for p in model.parameters():
             p.requires_grad_(False)
     adapter.install(model)
+    adapter.items_at_attach = int(model.n_items)  # detach says what add_items left behind
     return model
 
 
 def detach(model: nn.Module) -> nn.Module:
-    """Remove the fusion layer; the original modules, methods and ``requires_grad`` flags come back."""
+    """Remove the fusion layer; the original modules, methods and ``requires_grad`` flags come back.
+
+    Items added with :func:`add_items` stay in the catalogue (their ID embedding rows are kept, so nothing
+    trained since is lost), with a warning: the plain model scores them from those rows alone.
+    """
     if not is_attached(model):
         raise ValueError(f"{type(model).__name__} has no fusion layer attached; nothing to detach")
     adapter = model.fusion_adapter
+    first = getattr(adapter, "items_at_attach", None)
+    added = int(model.n_items) - first if first is not None else 0
     adapter.uninstall(model)
     for name, p in model.named_parameters():
         if name in adapter.frozen:
             p.requires_grad_(adapter.frozen[name])
+    if added > 0:
+        warnings.warn(f"{added} items added with fusionlayer.add_items (ids {first}..{first + added - 1}) stay in the "
+                      f"detached {type(model).__name__}'s catalogue with their ID embedding rows only (zero unless trained "
+                      "since): without the fusion it cannot score them from their content", UserWarning, stacklevel=2)
     return model
 
 

@@ -171,3 +171,21 @@ def test_add_items_takes_feature_cache_entries_and_looks_rows_up_by_token(setups
         assert torch.equal(model.full_sort_predict(eval_batch), twin.full_sort_predict(eval_batch))
     numeric = CachedFeatures(["1", "2", "3"], rows["text"].numpy(), np.ones(3, bool), {})
     assert torch.equal(numeric.rows([1, "3"]), rows["text"][[0, 2]])                # tokens compared as strings
+
+
+def test_detach_after_adding_items_keeps_them_and_says_so(setups):
+    import warnings
+
+    model, train, batch, eval_batch = attached("SASRec", setups)
+    n = model.n_items
+    fusionlayer.add_items(model, new_rows(3), ["d1", "d2", "d3"])
+    with torch.no_grad():
+        model.item_embedding.base_layer.weight[n:] = 0.5   # as if trained since: these rows must survive detach
+    with pytest.warns(UserWarning, match=rf"3 items added with fusionlayer.add_items \(ids {n}..{n + 2}\)"):
+        fusionlayer.detach(model)
+    assert model.n_items == n + 3 and model.item_embedding.weight.shape[0] == n + 3
+    assert torch.all(model.item_embedding.weight[n:] == 0.5)
+    other, *_ = attached("SASRec", setups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fusionlayer.detach(other)                    # nothing added: no warning
