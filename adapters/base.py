@@ -91,6 +91,12 @@ class ContentEmbedding(nn.Module):
         if plain in state_dict and wrapped not in state_dict:
             state_dict[wrapped] = state_dict.pop(plain)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        saved, rows = state_dict.get(wrapped), self.base_layer.num_embeddings
+        error_msgs = args[-1] if args and isinstance(args[-1], list) else kwargs.get("error_msgs")
+        if isinstance(saved, torch.Tensor) and saved.dim() == 2 and saved.shape[0] > rows and error_msgs is not None:
+            error_msgs.append(f"the checkpoint holds {saved.shape[0] - rows} more items than this model ({saved.shape[0]} "
+                              f"rows in {wrapped}, {rows} here): items added with fusionlayer.add_items; add the same "
+                              "items again (add_items with their features and tokens, in the same order) before loading")
 
     @property
     def num_embeddings(self) -> int:

@@ -189,3 +189,16 @@ def test_detach_after_adding_items_keeps_them_and_says_so(setups):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fusionlayer.detach(other)                    # nothing added: no warning
+
+
+def test_a_checkpoint_with_added_items_says_to_add_them_again(setups):
+    model, *_ = attached("SASRec", setups)
+    rows = new_rows(2)
+    fusionlayer.add_items(model, rows, ["k1", "k2"])
+    state = model.state_dict()
+    other, *_ = attached("SASRec", setups)
+    with pytest.raises(RuntimeError, match="holds 2 more items than this model .* add the same items again"):
+        other.load_state_dict(state)
+    fusionlayer.add_items(other, rows, ["k1", "k2"])
+    other.load_state_dict(state)  # then it loads
+    assert torch.equal(other.item_embedding.base_layer.weight, model.item_embedding.base_layer.weight)
