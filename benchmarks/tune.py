@@ -174,8 +174,8 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
                          f"{r.get('train_seconds', 0):.0f} |")
         for name, score in sorted(p["valid_ndcg@10"].items(), key=lambda kv: -kv[1]):
             r = rows[name]
-            name = f"{name} (the grid's run, `{r['reused_from']}`)" if r.get("reused_from") else name
-            lines.append(f"| {name} | {score:.4f} | {_pct(score, default) if name != 'default' else ''} | "
+            label = f"{name} (the grid's run, `{r['reused_from']}`)" if r.get("reused_from") else name
+            lines.append(f"| {label} | {score:.4f} | {_pct(score, default) if name != 'default' else ''} | "
                          f"{_pct(score, plain)} | {r.get('best_epoch', '-')} / {r['epochs_run']} | "
                          f"{r.get('train_seconds', 0):.0f} |")
         both, text, image = (p["valid_ndcg@10"].get(k) for k in ("default", "modalities=text", "modalities=image"))
