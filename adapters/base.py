@@ -84,16 +84,16 @@ class ContentEmbedding(nn.Module):
     def weight(self) -> torch.Tensor:
         return self._adapter.fused_weight(self.adapter_key, self.base_layer.weight)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
         # A plain model's key (``item_embedding.weight``) is the base layer's: a plain checkpoint
         # loaded into an attached model (``strict=False``) keeps its item embeddings, not silently drops them.
         plain, wrapped = prefix + "weight", prefix + "base_layer.weight"
         if plain in state_dict and wrapped not in state_dict:
             state_dict[wrapped] = state_dict.pop(plain)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         saved, rows = state_dict.get(wrapped), self.base_layer.num_embeddings
-        error_msgs = args[-1] if args and isinstance(args[-1], list) else kwargs.get("error_msgs")
-        if isinstance(saved, torch.Tensor) and saved.dim() == 2 and saved.shape[0] > rows and error_msgs is not None:
+        if isinstance(saved, torch.Tensor) and saved.dim() == 2 and saved.shape[0] > rows:
             error_msgs.append(f"the checkpoint holds {saved.shape[0] - rows} more items than this model ({saved.shape[0]} "
                               f"rows in {wrapped}, {rows} here): items added with fusionlayer.add_items; add the same "
                               "items again (add_items with their features and tokens, in the same order) before loading")

@@ -67,6 +67,8 @@ def grid_default_row(dataset: str, model: str, seed: int, hparams: dict, grid: P
     """
     from fusionlayer.config import AdapterOptions
 
+    if "modalities" in hparams:
+        return None
     grid = grid or compat.RESULTS / f"compat-{dataset}.jsonl"
     expected = {**hparams["common"], **hparams["models"][model], "fusion": resolved_recipe(model, hparams["fusion"])}
     off = AdapterOptions().to_dict()  # an option added after a run was recorded is absent from its line; its
@@ -77,7 +79,7 @@ def grid_default_row(dataset: str, model: str, seed: int, hparams: dict, grid: P
         if isinstance(fusion, dict):
             recorded["fusion"] = {**{k: v for k, v in expected["fusion"].items() if k not in fusion and v == off.get(k)}, **fusion}
         if (row.get("model"), row.get("variant"), row.get("seed"), bool(row.get("quick"))) == (model, "fusion", seed, False) \
-                and recorded == expected and "modalities" not in hparams:
+                and recorded == expected:
             return {**row, "reused_from": grid.name}
     return None
 
@@ -104,21 +106,18 @@ def run(args, space: dict) -> None:
             try:
                 if name in {row.get("candidate") for row in compat.read_results(out)}:
                     continue  # recorded by another process between the check and the claim
-                row = None
-                if name == "default" and not candidate["options"] and "modalities" not in candidate:
-                    row = grid_default_row(args.dataset, model, space["seed"], hparams)
-                    if row is not None:
-                        row.update(candidate="default", modalities=["text", "image"])
-                        logger.info("%s default: the grid's seed-%d +fusion run (same protocol and recipe)", model, space["seed"])
+                recipe = {**hparams, "fusion": {**hparams["fusion"], **candidate["options"]}}
+                if "modalities" in candidate:
+                    recipe["modalities"] = candidate["modalities"]
+                row = grid_default_row(args.dataset, model, space["seed"], recipe) if name == "default" else None
                 if row is None:
                     logger.info("%s %s (seed %d)", model, name, space["seed"])
-                    recipe = {**hparams, "fusion": {**hparams["fusion"], **candidate["options"]}}
-                    if "modalities" in candidate:
-                        recipe["modalities"] = candidate["modalities"]
                     row = compat.run_one(model, "fusion", space["seed"], args, recipe,
                                          state_dir=compat.run_state_dir(out, key))
-                    row.update(candidate=name, modalities=candidate.get("modalities", ["text", "image"]),
-                               command=provenance("benchmarks.tune")["command"])
+                    row["command"] = provenance("benchmarks.tune")["command"]
+                else:
+                    logger.info("%s default: the grid's seed-%d +fusion run (same protocol and recipe)", model, space["seed"])
+                row.update(candidate=name, modalities=candidate.get("modalities", ["text", "image"]))
                 compat.append_result(out, row)
                 shutil.rmtree(compat.run_state_dir(out, key), ignore_errors=True)
                 logger.info("  valid ndcg@10 %.4f (best epoch %d of %d)", row["valid"]["full"]["ndcg@10"],

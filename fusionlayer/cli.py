@@ -22,6 +22,7 @@ import time
 import warnings
 from pathlib import Path
 
+from fusionlayer import __version__
 from fusionlayer.encoders.presets import PRESETS
 
 __all__ = ["main"]
@@ -125,8 +126,6 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionlayer", description="Multi-modal fusion for sequential recommenders.")
-    from fusionlayer import __version__
-
     parser.add_argument("--version", action="version", version=f"fusionlayer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     data_default, cache_default = os.environ.get("FUSIONLAYER_DATA"), os.environ.get("FUSIONLAYER_CACHE")

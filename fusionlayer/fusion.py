@@ -41,7 +41,6 @@ def _mixer_stack(config: FusionConfig, depth: int) -> nn.ModuleList:
     )
 
 
-
 def _autocast_on(device: torch.device) -> bool:
     """Mixed precision (``torch.autocast``, RecBole's ``enable_amp``) is on for ``device``: inputs then arrive in
     the autocast dtype while the weights stay in theirs, which is how autocast is meant to work."""
@@ -49,6 +48,7 @@ def _autocast_on(device: torch.device) -> bool:
         return torch.is_autocast_enabled(device.type)
     except (TypeError, RuntimeError):  # a device type autocast does not know
         return False
+
 
 class FeatureFusionLayer(nn.Module):
     """Per-modality Mixers followed by a fusion Mixer; ``(B, L, D_m)`` streams -> ``(B, L, H)``.

@@ -11,7 +11,6 @@ Both train with RecBole's own ``Trainer`` and evaluate with full ranking.
 from __future__ import annotations
 
 import warnings
-
 from typing import Any, Mapping
 
 import torch
