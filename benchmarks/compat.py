@@ -9,7 +9,9 @@ may share one results file: each run is claimed first (``<results>.claims/<run>.
 with O_EXCL, removed when the run's line is written), so no two live workers train the same run; a
 claim left by a process that died on this host is taken over. A run that is stopped part-way resumes
 from its last finished epoch (``<results>.runs/<run>/``, see ``benchmarks/resume.py``); the line records
-the epochs it resumed at (``resumed_at``).
+the epochs it resumed at (``resumed_at``). A +fusion run the recipe search (``benchmarks/tune.py``) already
+trained with the same protocol and resolved recipe (a candidate that became a default) is reused, not
+trained again, and its line says so (``reused_from``).
 
     python -m benchmarks.compat                     # the full ML-100K grid (hours on 2 CPU cores)
     python -m benchmarks.compat --workers 2 --threads 1   # two single-thread worker processes
@@ -65,6 +67,40 @@ def grid(models: list[str], seeds: list[int], *, fusion_only: bool = False,
             runs += [(model, variant, seed) for variant in variants(model)
                      if (not fusion_only or variant == "fusion") and (only is None or variant in only)]
     return runs
+
+
+def resolved_recipe(model: str, fusion_options: dict) -> dict:
+    """The +fusion options ``attach()`` resolves for ``model`` from ``fusion_options`` (its adapter's defaults under them)."""
+    from fusionlayer.adapters.registry import registered_adapter
+    from fusionlayer.config import AdapterOptions
+
+    adapter = registered_adapter(model_class(model))
+    return AdapterOptions.from_options(fusion_options, adapter.default_options).to_dict()
+
+
+def identical_fusion_run(path: Path, model: str, seed: int, hparams: dict) -> dict | None:
+    """A recorded full-size +fusion run of ``model`` at ``seed`` in ``path`` that is exactly the run ``hparams``
+    would train today: the same protocol (common and per-model hyper-parameters), the same resolved fusion
+    recipe and both modalities. The main grid and the recipe search (``benchmarks/tune.py``) reuse each
+    other's runs this way, so a candidate that became a default is not trained twice. The line keeps its own
+    commit, date and command, and says where it came from (``reused_from``).
+    """
+    from fusionlayer.config import AdapterOptions
+
+    if hparams.get("modalities", ["text", "image"]) != ["text", "image"]:
+        return None
+    expected = {**hparams["common"], **hparams["models"][model], "fusion": resolved_recipe(model, hparams["fusion"])}
+    off = AdapterOptions().to_dict()  # an option added after a run was recorded is absent from its line; its
+    # off value (cold_dropout 0, reduce_features None) is the behaviour the run had, anything else is not
+    for row in read_results(path):
+        recorded = dict(row.get("hparams") or {})
+        fusion = recorded.get("fusion")
+        if isinstance(fusion, dict):
+            recorded["fusion"] = {**{k: v for k, v in expected["fusion"].items() if k not in fusion and v == off.get(k)}, **fusion}
+        if (row.get("model"), row.get("variant"), row.get("seed"), bool(row.get("quick"))) == (model, "fusion", seed, False) \
+                and sorted(row.get("modalities") or ["text", "image"]) == ["image", "text"] and recorded == expected:
+            return {**row, "reused_from": row.get("reused_from") or str(path.relative_to(RESULTS) if path.is_relative_to(RESULTS) else path.name)}
+    return None
 
 
 def parse_fusion_options(pairs: list[str]) -> dict:
@@ -298,7 +334,12 @@ def main(argv=None) -> int:
             continue
         try:
             logger.info("run %d/%d: %s %s seed %d", count + 1, len(todo), model, variant, seed)
-            row = run_one(model, variant, seed, args, hparams, state_dir=run_state_dir(args.out, key))
+            row = identical_fusion_run(RESULTS / "tuning" / f"{args.dataset}-{model}.jsonl", model, seed, hparams) \
+                if variant == "fusion" and not args.quick else None
+            if row is None:
+                row = run_one(model, variant, seed, args, hparams, state_dir=run_state_dir(args.out, key))
+            else:
+                logger.info("  the recipe search's identical run (%s), reused", row["reused_from"])
             append_result(args.out, row)
             shutil.rmtree(run_state_dir(args.out, key), ignore_errors=True)  # recorded: its snapshot is not needed
         finally:

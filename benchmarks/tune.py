@@ -6,10 +6,14 @@ one +fusion run of the compatibility benchmark's converged protocol on the space
 one line to ``benchmarks/results/tuning/<dataset>-<model>.jsonl`` (a re-run skips what is recorded; the
 'default' candidate reuses the main grid's +fusion run of the same seed when its protocol and recipe are the same);
 ``--pick`` writes ``picks.json`` and ``report.md``: per backbone, the candidate with the best validation NDCG@10, next
-to the plain baseline's validation NDCG@10 from the main grid when it is there. Test metrics are
-recorded but choose nothing.
+to the plain baseline's validation NDCG@10 from the main grid when it is there. A pick other than 'default' is
+then confirmed (``--confirm``): it and the default are trained on the space's ``confirm_seeds`` too, and the pick
+is *adopted* (becomes the adapter's ``default_options``) only if its mean validation NDCG@10 over the search's
+seed and those seeds is above the default's; one seed's validation split is too small to tell the candidates
+apart (a run's standard error is about 10 % of its score). Test metrics are recorded but choose nothing.
 
     python -m benchmarks.tune --models BPR,FPMC          # run what is missing (minutes per BPR/FPMC run)
+    python -m benchmarks.tune --confirm --models FPMC     # the pick and the default on the confirm seeds
     python -m benchmarks.tune --pick                     # write picks.json from what is recorded
 """
 
@@ -39,6 +43,10 @@ def load_space(path: Path = TUNING / "space.json") -> dict:
         raise ValueError(f"{path}: candidate names must be unique and include 'default', got {names}")
     for candidate in space["candidates"]:
         compat.parse_fusion_options([f"{k}={json.dumps(v)}" for k, v in candidate["options"].items()])
+    confirm_seeds = space.get("confirm_seeds", [])
+    if not all(isinstance(x, int) for x in confirm_seeds) or space["seed"] in confirm_seeds:
+        raise ValueError(f"{path}: confirm_seeds must be integers other than the search's seed {space['seed']}, "
+                         f"got {confirm_seeds}")
     return space
 
 
@@ -46,84 +54,86 @@ def results_path(dataset: str, model: str) -> Path:
     return TUNING / f"{dataset}-{model}.jsonl"
 
 
-def resolved_recipe(model: str, fusion_options: dict) -> dict:
-    """The +fusion options ``attach()`` resolves for ``model`` from ``fusion_options`` (its adapter's defaults under them)."""
-    from fusionlayer.adapters.registry import registered_adapter
-    from fusionlayer.config import AdapterOptions
-
-    from benchmarks.models import model_class
-
-    adapter = registered_adapter(model_class(model))
-    return AdapterOptions.from_options(fusion_options, adapter.default_options).to_dict()
-
-
 def grid_default_row(dataset: str, model: str, seed: int, hparams: dict, grid: Path | None = None) -> dict | None:
-    """The main grid's +fusion run of ``model`` at ``seed`` when it is exactly the 'default' candidate's run.
+    """The main grid's +fusion run of ``model`` at ``seed`` when it is exactly the 'default' candidate's run
+    (:func:`benchmarks.compat.identical_fusion_run`). Reusing it spares one run per backbone (up to an hour
+    and a half for SASRec at one thread)."""
+    return compat.identical_fusion_run(grid or compat.RESULTS / f"compat-{dataset}.jsonl", model, seed, hparams)
 
-    It is when it was trained with the same protocol (common and per-model hyper-parameters) and the same
-    resolved fusion recipe as the default candidate would be today, at full size. Reusing it spares one
-    run per backbone (up to an hour and a half for SASRec at one thread); the line keeps its own commit,
-    date and command, and says where it came from (``reused_from``).
-    """
-    from fusionlayer.config import AdapterOptions
 
-    if "modalities" in hparams:
-        return None
-    grid = grid or compat.RESULTS / f"compat-{dataset}.jsonl"
-    expected = {**hparams["common"], **hparams["models"][model], "fusion": resolved_recipe(model, hparams["fusion"])}
-    off = AdapterOptions().to_dict()  # an option added after a run was recorded is absent from its line; its
-    # off value (cold_dropout 0, reduce_features None) is the behaviour the run had, anything else is not
-    for row in compat.read_results(grid):
-        recorded = dict(row.get("hparams") or {})
-        fusion = recorded.get("fusion")
-        if isinstance(fusion, dict):
-            recorded["fusion"] = {**{k: v for k, v in expected["fusion"].items() if k not in fusion and v == off.get(k)}, **fusion}
-        if (row.get("model"), row.get("variant"), row.get("seed"), bool(row.get("quick"))) == (model, "fusion", seed, False) \
-                and recorded == expected:
-            return {**row, "reused_from": grid.name}
-    return None
+def _recipe(hparams: dict, candidate: dict) -> dict:
+    recipe = {**hparams, "fusion": {**hparams["fusion"], **candidate["options"]}}
+    if "modalities" in candidate:
+        recipe["modalities"] = candidate["modalities"]
+    return recipe
+
+
+def _record(out: Path, model: str, candidate: dict, seed: int, args, recipe: dict, reuse: Path | None) -> None:
+    """Claim, then reuse (``reuse``'s identical run) or train one candidate at one seed, and append its line to ``out``.
+
+    Several processes may search at once: each run is claimed first (``<results>.claims/``, as the grid's
+    workers do), so two never train the same run, and a stopped run resumes from its snapshot."""
+    name = candidate["name"]
+    recorded = lambda: {(r.get("candidate"), r.get("seed")) for r in compat.read_results(out)}  # noqa: E731
+    if (name, seed) in recorded():
+        return
+    key = (model, name, seed)
+    claim = claim_run(out, key)
+    if claim is None:
+        logger.info("%s %s seed %d is claimed by another process; skipped", model, name, seed)
+        return
+    try:
+        if (name, seed) in recorded():
+            return  # recorded by another process between the check and the claim
+        row = compat.identical_fusion_run(reuse, model, seed, recipe) if reuse is not None else None
+        if row is None:
+            logger.info("%s %s (seed %d)", model, name, seed)
+            row = compat.run_one(model, "fusion", seed, args, recipe, state_dir=compat.run_state_dir(out, key))
+            row["command"] = provenance("benchmarks.tune")["command"]
+        else:
+            logger.info("%s %s seed %d: the identical run of %s (same protocol and recipe), reused", model, name, seed,
+                        row["reused_from"])
+        row.update(candidate=name, modalities=candidate.get("modalities", ["text", "image"]))
+        compat.append_result(out, row)
+        shutil.rmtree(compat.run_state_dir(out, key), ignore_errors=True)
+        logger.info("  valid ndcg@10 %.4f (best epoch %d of %d)", row["valid"]["full"]["ndcg@10"],
+                    row["best_epoch"], row["epochs_run"])
+    finally:
+        claim.unlink(missing_ok=True)
 
 
 def run(args, space: dict) -> None:
-    """Run every candidate not yet recorded, in the space's order (only ``args.candidates`` when given).
-
-    Several processes may search at once: each run is claimed first (``<results>.claims/``, as the grid's
-    workers do), so two never train the same candidate, and a stopped run resumes from its snapshot.
-    """
+    """Run every candidate not yet recorded, on the space's seed, in the space's order (only ``args.candidates``
+    when given). The 'default' candidate reuses the main grid's identical +fusion run when there is one."""
     hparams = compat.load_hparams()
     wanted = getattr(args, "candidates", None)
+    grid = compat.RESULTS / f"compat-{args.dataset}.jsonl"
     for model in args.models:
-        out = results_path(args.dataset, model)
         for candidate in space["candidates"]:
-            name = candidate["name"]
-            if (wanted and name not in wanted) or name in {row.get("candidate") for row in compat.read_results(out)}:
-                continue
-            key = (model, name, space["seed"])
-            claim = claim_run(out, key)
-            if claim is None:
-                logger.info("%s %s is claimed by another process; skipped", model, name)
-                continue
-            try:
-                if name in {row.get("candidate") for row in compat.read_results(out)}:
-                    continue  # recorded by another process between the check and the claim
-                recipe = {**hparams, "fusion": {**hparams["fusion"], **candidate["options"]}}
-                if "modalities" in candidate:
-                    recipe["modalities"] = candidate["modalities"]
-                row = grid_default_row(args.dataset, model, space["seed"], recipe) if name == "default" else None
-                if row is None:
-                    logger.info("%s %s (seed %d)", model, name, space["seed"])
-                    row = compat.run_one(model, "fusion", space["seed"], args, recipe,
-                                         state_dir=compat.run_state_dir(out, key))
-                    row["command"] = provenance("benchmarks.tune")["command"]
-                else:
-                    logger.info("%s default: the grid's seed-%d +fusion run (same protocol and recipe)", model, space["seed"])
-                row.update(candidate=name, modalities=candidate.get("modalities", ["text", "image"]))
-                compat.append_result(out, row)
-                shutil.rmtree(compat.run_state_dir(out, key), ignore_errors=True)
-                logger.info("  valid ndcg@10 %.4f (best epoch %d of %d)", row["valid"]["full"]["ndcg@10"],
-                            row["best_epoch"], row["epochs_run"])
-            finally:
-                claim.unlink(missing_ok=True)
+            if not wanted or candidate["name"] in wanted:
+                _record(results_path(args.dataset, model), model, candidate, space["seed"], args,
+                        _recipe(hparams, candidate), grid if candidate["name"] == "default" else None)
+
+
+def confirm_path(dataset: str, model: str) -> Path:
+    return TUNING / f"confirm-{dataset}-{model}.jsonl"
+
+
+def confirm(args, space: dict) -> None:
+    """Train a backbone's pick (when it is not 'default') and the default on the space's ``confirm_seeds``.
+
+    Both are +fusion runs of the grid's protocol; the default's are the grid's own runs when identical
+    (reused). Their validation scores decide whether the pick becomes the library's default (:func:`pick`)."""
+    hparams = compat.load_hparams()
+    grid = compat.RESULTS / f"compat-{args.dataset}.jsonl"
+    by_name = {c["name"]: c for c in space["candidates"]}
+    for model, p in pick(args.dataset, space).items():
+        if model not in args.models or p["pick"] == "default":
+            continue
+        for seed in space.get("confirm_seeds", []):
+            for name in ("default", p["pick"]):
+                _record(confirm_path(args.dataset, model), model, by_name[name], seed, args,
+                        _recipe(hparams, by_name[name]), grid)
 
 
 def pick(dataset: str, space: dict) -> dict:
@@ -138,11 +148,32 @@ def pick(dataset: str, space: dict) -> dict:
         scores = {name: r["valid"]["full"]["ndcg@10"] for name, r in rows.items()}
         best = max(scores, key=scores.get)
         plain = next((r["valid"]["full"]["ndcg@10"] for r in main if r["model"] == model), None)
+        complete = len(rows) == len(space["candidates"])
+        check = confirmation(dataset, model, space, best, rows) if best != "default" else None
+        adopted = best if complete and (best == "default" or (check or {}).get("confirmed")) else "default"
         picks[model] = {"pick": best, "options": next(c["options"] for c in space["candidates"] if c["name"] == best),
-                        "valid_ndcg@10": scores, "plain_valid_ndcg@10": plain,
-                        "complete": len(rows) == len(space["candidates"]),
-                        "epochs_run": {name: r["epochs_run"] for name, r in rows.items()}}
+                        "valid_ndcg@10": scores, "plain_valid_ndcg@10": plain, "complete": complete,
+                        "epochs_run": {name: r["epochs_run"] for name, r in rows.items()},
+                        "confirmation": check, "adopted": adopted,
+                        "adopted_options": next(c["options"] for c in space["candidates"] if c["name"] == adopted)}
     return picks
+
+
+def confirmation(dataset: str, model: str, space: dict, best: str, rows: dict) -> dict | None:
+    """The pick against the default, by validation NDCG@10 per seed: the search's seed plus the
+    ``confirm_seeds`` runs recorded for both (``confirm-<dataset>-<model>.jsonl``). None until every
+    confirm seed has both runs. Confirmed when the pick's mean over those seeds is above the default's."""
+    seeds = [space["seed"], *space.get("confirm_seeds", [])]
+    per_seed = {name: {space["seed"]: rows[name]["valid"]["full"]["ndcg@10"]} for name in ("default", best) if name in rows}
+    for r in compat.read_results(confirm_path(dataset, model)):
+        if r.get("candidate") in per_seed and r["seed"] in seeds:
+            per_seed[r["candidate"]][r["seed"]] = r["valid"]["full"]["ndcg@10"]
+    if len(per_seed) < 2 or any(set(scores) != set(seeds) for scores in per_seed.values()):
+        return None
+    mean = {name: sum(scores.values()) / len(scores) for name, scores in per_seed.items()}
+    return {"seeds": seeds, "valid_ndcg@10": {name: {str(k): v for k, v in sorted(scores.items())}
+                                                for name, scores in per_seed.items()},
+            "mean_valid_ndcg@10": {name: round(v, 6) for name, v in mean.items()}, "confirmed": mean[best] > mean["default"]}
 
 
 def _pct(value: float, base: float | None) -> str:
@@ -156,7 +187,8 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
             if r["variant"] == "plain" and int(r["seed"]) == space["seed"] and not r.get("quick")}
     lines = [f"# +fusion recipe search on {dataset} (seed {space['seed']}, validation only)", "",
              "Written by `python -m benchmarks.tune --pick` from the runs beside it; the space is `space.json` "
-             "(declared before its runs). Test metrics are recorded in the .jsonl files but choose nothing.", ""]
+             "(declared before its runs" + ("; its `amended` field says what was added after some had run" if space.get("amended") else "")
+             + "). Test metrics are recorded in the .jsonl files but choose nothing.", ""]
     runs = [r for model in picks for r in compat.read_results(results_path(dataset, model))]
     if runs:
         lines += [runs_summary(runs) + (f". Picked by `{made['command']}` at commit {made['commit']}, {made['date']}."
@@ -164,7 +196,21 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
     for model, p in picks.items():
         rows = {r["candidate"]: r for r in compat.read_results(results_path(dataset, model))}
         default, plain = p["valid_ndcg@10"].get("default"), p["plain_valid_ndcg@10"]
-        lines += [f"## {model}: pick `{p['pick']}`" + ("" if p["complete"] else " (search not complete)"), "",
+        lines += [f"## {model}: pick `{p['pick']}`" + ("" if p["complete"] else " (search not complete)"), ""]
+        check = p.get("confirmation")
+        if p["pick"] != "default":
+            if check is None:
+                lines += [f"Not yet confirmed on seeds {space.get('confirm_seeds')} (`python -m benchmarks.tune --confirm "
+                          f"--models {model}`): attach() keeps its defaults for {model}.", ""]
+            else:
+                per = "; ".join(f"`{name}` " + ", ".join(f"{v:.4f}" for v in scores.values())
+                                for name, scores in check["valid_ndcg@10"].items())
+                lines += [f"Confirmation on seeds {', '.join(map(str, check['seeds']))} (validation NDCG@10 per seed: {per}): "
+                          f"mean `{p['pick']}` {check['mean_valid_ndcg@10'][p['pick']]:.4f} against `default` "
+                          f"{check['mean_valid_ndcg@10']['default']:.4f}: "
+                          + (f"**confirmed**; attach() defaults to it for {model}." if check["confirmed"] else
+                             f"**not confirmed**; attach() keeps its defaults for {model}."), ""]
+        lines += [
                   "| candidate | valid NDCG@10 | vs default | vs plain | best epoch / epochs run | train s |",
                   "|---|---|---|---|---|---|"]
         if model in main:
@@ -197,6 +243,9 @@ def main(argv=None) -> int:
     parser.add_argument("--candidates", default=None,
                         help="comma-separated candidate names from space.json to run (default: all, in order)")
     parser.add_argument("--pick", action="store_true", help="only write picks.json from the recorded runs")
+    parser.add_argument("--confirm", action="store_true",
+                        help="run each finished search's pick (when not 'default') and the default on the space's "
+                             "confirm_seeds; the pick becomes the library default only if its mean validation wins")
     args = parser.parse_args(argv)
     args.models = names(parser, args.models, BACKBONES, "--models")
     space = load_space()
@@ -207,7 +256,9 @@ def main(argv=None) -> int:
     for name in ("recbole", "fusionlayer"):
         logging.getLogger(name).setLevel(logging.WARNING)
     set_threads(args.threads)
-    if not args.pick:
+    if args.confirm:
+        confirm(args, space)
+    elif not args.pick:
         run(args, space)
     picks = pick(args.dataset, space)
     made = provenance("benchmarks.tune", argv)
@@ -215,7 +266,7 @@ def main(argv=None) -> int:
     atomic_write_bytes(TUNING / "report.md", tuning_report(args.dataset, space, picks, made).encode())
     for model, p in picks.items():
         print(f"{model}: pick {p['pick']} ({p['valid_ndcg@10'][p['pick']]:.4f} valid NDCG@10; "
-              f"default {p['valid_ndcg@10'].get('default')}, plain {p['plain_valid_ndcg@10']})")
+              f"default {p['valid_ndcg@10'].get('default')}, plain {p['plain_valid_ndcg@10']}); adopted {p['adopted']}")
     return 0
 
 

@@ -208,6 +208,7 @@ def test_workers_share_the_grid_through_claims(tmp_path, monkeypatch):
         return {**_fake_run(model, variant, seed, [0.1, 0.2, 0.3]), "best_epoch": 1, "epochs_run": 1, "train_seconds": 1.0}
 
     monkeypatch.setattr(compat, "run_one", fake_run_one)
+    monkeypatch.setattr(compat, "RESULTS", tmp_path)  # no recipe-search run to reuse
     held = queue.claim_run(out, ("ml-100k", "BPR", "fusion", 0, False))  # a live worker (this process) holds it
     assert held is not None and queue.claim_run(out, ("ml-100k", "BPR", "fusion", 0, False)) is None
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

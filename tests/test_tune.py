@@ -58,7 +58,7 @@ def test_the_default_candidate_reuses_the_grids_identical_run_and_nothing_else(t
     monkeypatch.setattr(tune, "TUNING", tmp_path)
     monkeypatch.setattr(compat, "RESULTS", tmp_path)
     hparams = compat.load_hparams()
-    recipe = tune.resolved_recipe("FPMC", hparams["fusion"])
+    recipe = compat.resolved_recipe("FPMC", hparams["fusion"])
     same = {**_run("FPMC", None, 0.058, 0.05), "hparams": {**hparams["common"], **hparams["models"]["FPMC"],
                                                             "fusion": {k: v for k, v in recipe.items() if k != "cold_dropout"}}}
     other_seed = {**same, "seed": 1}
@@ -107,3 +107,107 @@ def test_search_runs_only_the_chosen_unrecorded_unclaimed_candidates(tmp_path, m
     assert held.exists() and not (out.with_name(out.name + ".claims") / "FPMC__c__0.json").exists()
     with pytest.raises(SystemExit):
         tune.main(["--candidates", "nope", "--pick"])
+
+
+def test_the_grid_reuses_the_searchs_identical_run_of_a_picked_default(tmp_path, monkeypatch):
+    """Once a candidate becomes a backbone's default, the grid's +fusion run on the search's seed is that
+    candidate's run: recorded without training, marked where it came from; other seeds still train."""
+    monkeypatch.setattr(tune, "TUNING", tmp_path / "tuning")
+    monkeypatch.setattr(compat, "RESULTS", tmp_path)
+    (tmp_path / "tuning").mkdir()
+    hparams = compat.load_hparams()
+    picked = {**hparams, "fusion": {**hparams["fusion"], "output_scale": 3.0}}  # as if FPMC's default were this
+    recipe = compat.resolved_recipe("FPMC", picked["fusion"])
+    searched = {**_run("FPMC", "output_scale=3", 0.059, 0.05), "modalities": ["text", "image"],
+                "hparams": {**hparams["common"], **hparams["models"]["FPMC"], "fusion": recipe}}
+    text_only = {**searched, "candidate": "modalities=text", "modalities": ["text"], "valid": _run("FPMC", None, 0.9, 0.9)["valid"]}
+    (tmp_path / "tuning" / "ml-100k-FPMC.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (text_only, searched)))
+    assert compat.identical_fusion_run(tmp_path / "tuning" / "ml-100k-FPMC.jsonl", "FPMC", 0, hparams) is None
+    trained = []
+
+    def fake_run(model, variant, seed, args, recipe, state_dir=None):
+        trained.append((model, variant, seed))
+        return {**_run(model, None, 0.05, 0.05, seed=seed, variant=variant), "quick": False}
+
+    monkeypatch.setattr(compat, "run_one", fake_run)
+    monkeypatch.setattr(compat, "load_hparams", lambda: json.loads(json.dumps(picked)))
+    out = tmp_path / "compat-ml-100k.jsonl"
+    assert compat.main(["--models", "FPMC", "--variants", "fusion", "--seeds", "0,1", "--out", str(out)]) == 0
+    assert trained == [("FPMC", "fusion", 1)]
+    rows = {r["seed"]: r for r in compat.read_results(out)}
+    assert rows[0]["valid"]["full"]["ndcg@10"] == 0.059 and rows[0]["reused_from"] == "tuning/ml-100k-FPMC.jsonl"
+    assert rows[0]["commit"] == "abc" and "reused_from" not in rows[1]
+
+
+def test_attach_without_options_gets_each_searched_backbones_adopted_recipe():
+    """What a finished search adopted on validation is what ``attach(model, features)`` resolves to, per backbone;
+    an option the user passes still wins over it."""
+    from fusionlayer.config import AdapterOptions
+
+    picks = json.loads((tune.TUNING / "picks.json").read_text())["picks"]
+    space = {c["name"]: c for c in tune.load_space()["candidates"]}
+    assert any(p["complete"] for p in picks.values())
+    for model, p in picks.items():
+        assert "modalities" not in space[p["adopted"]], f"{model}: a modality pick is not an attach() option"
+        assert p["adopted"] == "default" or (p["complete"] and p["confirmation"]["confirmed"]), model
+        assert compat.resolved_recipe(model, {}) == AdapterOptions.from_options(p["adopted_options"]).to_dict(), model
+        assert compat.resolved_recipe(model, {"output_scale": 0.5})["output_scale"] == 0.5
+
+
+def test_a_pick_is_adopted_only_when_its_mean_validation_over_the_confirm_seeds_wins(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "TUNING", tmp_path)
+    monkeypatch.setattr(compat, "RESULTS", tmp_path)
+    space = {"seed": 0, "confirm_seeds": [1, 2], "models": ["FPMC"], "candidates": [
+        {"name": "default", "options": {}}, {"name": "output_scale=10", "options": {"output_scale": 10.0}}]}
+    (tmp_path / "ml-100k-FPMC.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        _run("FPMC", "default", 0.0586, 0.05), _run("FPMC", "output_scale=10", 0.0591, 0.05))))
+    picks = tune.pick("ml-100k", space)["FPMC"]
+    assert (picks["pick"], picks["confirmation"], picks["adopted"]) == ("output_scale=10", None, "default")
+    assert "Not yet confirmed" in tune.tuning_report("ml-100k", space, {"FPMC": picks})
+    confirm = tmp_path / "confirm-ml-100k-FPMC.jsonl"
+    confirm.write_text("".join(json.dumps(r) + "\n" for r in (
+        _run("FPMC", "default", 0.0551, 0.9, seed=1), _run("FPMC", "output_scale=10", 0.0498, 0.9, seed=1))))
+    assert tune.pick("ml-100k", space)["FPMC"]["confirmation"] is None            # seed 2 missing: not decided
+    with confirm.open("a") as f:
+        f.write(json.dumps(_run("FPMC", "default", 0.0591, 0.0, seed=2)) + "\n")
+        f.write(json.dumps(_run("FPMC", "output_scale=10", 0.0576, 0.0, seed=2)) + "\n")
+    picks = tune.pick("ml-100k", space)["FPMC"]
+    assert picks["confirmation"]["confirmed"] is False and picks["adopted"] == "default" and picks["adopted_options"] == {}
+    assert picks["confirmation"]["mean_valid_ndcg@10"]["default"] == pytest.approx((0.0586 + 0.0551 + 0.0591) / 3, abs=1e-6)
+    assert "**not confirmed**" in tune.tuning_report("ml-100k", space, {"FPMC": picks})
+    rows = [json.loads(line) for line in confirm.read_text().splitlines()]
+    rows[1]["valid"]["full"]["ndcg@10"] = 0.07                                    # the pick wins seed 1 by enough
+    confirm.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    picks = tune.pick("ml-100k", space)["FPMC"]
+    assert picks["confirmation"]["confirmed"] and picks["adopted"] == "output_scale=10"
+    assert picks["adopted_options"] == {"output_scale": 10.0}
+
+
+def test_confirm_trains_the_pick_and_reuses_the_grids_default_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "TUNING", tmp_path)
+    monkeypatch.setattr(compat, "RESULTS", tmp_path)
+    hparams = compat.load_hparams()
+    grid_row = lambda seed: {**_run("FPMC", None, 0.05, 0.05, seed=seed), "quick": False, "hparams": {  # noqa: E731
+        **hparams["common"], **hparams["models"]["FPMC"], "fusion": compat.resolved_recipe("FPMC", hparams["fusion"])}}
+    (tmp_path / "compat-ml-100k.jsonl").write_text("".join(json.dumps(grid_row(s)) + "\n" for s in (0, 1, 2)))
+    (tmp_path / "ml-100k-FPMC.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        _run("FPMC", "default", 0.0586, 0.05), _run("FPMC", "output_scale=10", 0.0591, 0.05))))
+    trained = []
+    monkeypatch.setattr(compat, "run_one", lambda model, variant, seed, args, recipe, state_dir=None: trained.append(
+        (seed, recipe["fusion"].get("output_scale"))) or _run(model, None, 0.04, 0.04, seed=seed))
+    space = {"seed": 0, "confirm_seeds": [1, 2], "models": ["FPMC"], "candidates": [
+        {"name": "default", "options": {}}, {"name": "output_scale=10", "options": {"output_scale": 10.0}}]}
+    tune.confirm(type("Args", (), {"models": ["FPMC"], "dataset": "ml-100k"})(), space)
+    assert trained == [(1, 10.0), (2, 10.0)]                                       # the default's runs are the grid's
+    rows = compat.read_results(tune.confirm_path("ml-100k", "FPMC"))
+    assert sorted((r["candidate"], r["seed"], "reused_from" in r) for r in rows) == [
+        ("default", 1, True), ("default", 2, True), ("output_scale=10", 1, False), ("output_scale=10", 2, False)]
+    assert tune.pick("ml-100k", space)["FPMC"]["adopted"] == "default"           # 0.0591, 0.04, 0.04 < 0.0586, 0.05, 0.05
+
+
+def test_a_space_with_bad_confirm_seeds_is_refused(tmp_path):
+    bad = tmp_path / "space.json"
+    bad.write_text(json.dumps({"seed": 0, "confirm_seeds": [0, 1], "models": ["BPR"],
+                               "candidates": [{"name": "default", "options": {}}]}))
+    with pytest.raises(ValueError, match="confirm_seeds"):
+        tune.load_space(bad)
