@@ -247,6 +247,8 @@ def main(argv=None) -> int:
                         help="run each finished search's pick (when not 'default') and the default on the space's "
                              "confirm_seeds; the pick becomes the library default only if its mean validation wins")
     args = parser.parse_args(argv)
+    if args.confirm and (args.pick or args.candidates):
+        parser.error("--confirm runs the finished searches' picks; it takes neither --pick nor --candidates")
     args.models = names(parser, args.models, BACKBONES, "--models")
     space = load_space()
     if args.candidates is not None:

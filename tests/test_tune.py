@@ -107,6 +107,9 @@ def test_search_runs_only_the_chosen_unrecorded_unclaimed_candidates(tmp_path, m
     assert held.exists() and not (out.with_name(out.name + ".claims") / "FPMC__c__0.json").exists()
     with pytest.raises(SystemExit):
         tune.main(["--candidates", "nope", "--pick"])
+    for argv in (["--confirm", "--pick"], ["--confirm", "--candidates", "a"]):
+        with pytest.raises(SystemExit):
+            tune.main(argv)
 
 
 def test_the_grid_reuses_the_searchs_identical_run_of_a_picked_default(tmp_path, monkeypatch):
