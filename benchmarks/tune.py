@@ -130,6 +130,9 @@ def confirm(args, space: dict) -> None:
     for model, p in pick(args.dataset, space).items():
         if model not in args.models or p["pick"] == "default":
             continue
+        if not p["complete"]:
+            logger.info("%s: the search is not complete; its pick is confirmed once it is", model)
+            continue
         for seed in space.get("confirm_seeds", []):
             for name in ("default", p["pick"]):
                 _record(confirm_path(args.dataset, model), model, by_name[name], seed, args,

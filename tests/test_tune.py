@@ -200,7 +200,10 @@ def test_confirm_trains_the_pick_and_reuses_the_grids_default_runs(tmp_path, mon
         (seed, recipe["fusion"].get("output_scale"))) or _run(model, None, 0.04, 0.04, seed=seed))
     space = {"seed": 0, "confirm_seeds": [1, 2], "models": ["FPMC"], "candidates": [
         {"name": "default", "options": {}}, {"name": "output_scale=10", "options": {"output_scale": 10.0}}]}
-    tune.confirm(type("Args", (), {"models": ["FPMC"], "dataset": "ml-100k"})(), space)
+    args = type("Args", (), {"models": ["FPMC"], "dataset": "ml-100k"})()
+    tune.confirm(args, {**space, "candidates": [*space["candidates"], {"name": "x", "options": {"output_scale": 2.0}}]})
+    assert trained == []                                                           # a search not complete: nothing yet
+    tune.confirm(args, space)
     assert trained == [(1, 10.0), (2, 10.0)]                                       # the default's runs are the grid's
     rows = compat.read_results(tune.confirm_path("ml-100k", "FPMC"))
     assert sorted((r["candidate"], r["seed"], "reused_from" in r) for r in rows) == [
