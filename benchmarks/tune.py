@@ -204,7 +204,8 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
         if p["pick"] != "default":
             if check is None:
                 lines += [f"Not yet confirmed on seeds {space.get('confirm_seeds')} (`python -m benchmarks.tune --confirm "
-                          f"--models {model}`): attach() keeps its defaults for {model}.", ""]
+                          f"--models {model}`{'' if p['complete'] else ', once the search is complete'}): "
+                          f"attach() keeps its defaults for {model}.", ""]
             else:
                 per = "; ".join(f"`{name}` " + ", ".join(f"{v:.4f}" for v in scores.values())
                                 for name, scores in check["valid_ndcg@10"].items())
