@@ -54,13 +54,6 @@ def results_path(dataset: str, model: str) -> Path:
     return TUNING / f"{dataset}-{model}.jsonl"
 
 
-def grid_default_row(dataset: str, model: str, seed: int, hparams: dict, grid: Path | None = None) -> dict | None:
-    """The main grid's +fusion run of ``model`` at ``seed`` when it is exactly the 'default' candidate's run
-    (:func:`benchmarks.compat.identical_fusion_run`). Reusing it spares one run per backbone (up to an hour
-    and a half for SASRec at one thread)."""
-    return compat.identical_fusion_run(grid or compat.RESULTS / f"compat-{dataset}.jsonl", model, seed, hparams)
-
-
 def _recipe(hparams: dict, candidate: dict) -> dict:
     recipe = {**hparams, "fusion": {**hparams["fusion"], **candidate["options"]}}
     if "modalities" in candidate:
@@ -149,16 +142,17 @@ def pick(dataset: str, space: dict) -> dict:
         if not rows:
             continue
         scores = {name: r["valid"]["full"]["ndcg@10"] for name, r in rows.items()}
+        options = {c["name"]: c["options"] for c in space["candidates"]}
         best = max(scores, key=scores.get)
         plain = next((r["valid"]["full"]["ndcg@10"] for r in main if r["model"] == model), None)
         complete = len(rows) == len(space["candidates"])
         check = confirmation(dataset, model, space, best, rows) if best != "default" else None
         adopted = best if complete and (best == "default" or (check or {}).get("confirmed")) else "default"
-        picks[model] = {"pick": best, "options": next(c["options"] for c in space["candidates"] if c["name"] == best),
+        picks[model] = {"pick": best, "options": options[best],
                         "valid_ndcg@10": scores, "plain_valid_ndcg@10": plain, "complete": complete,
                         "epochs_run": {name: r["epochs_run"] for name, r in rows.items()},
                         "confirmation": check, "adopted": adopted,
-                        "adopted_options": next(c["options"] for c in space["candidates"] if c["name"] == adopted)}
+                        "adopted_options": options[adopted]}
     return picks
 
 
@@ -192,7 +186,8 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
              "Written by `python -m benchmarks.tune --pick` from the runs beside it; the space is `space.json` "
              "(declared before its runs" + ("; its `amended` field says what was added after some had run" if space.get("amended") else "")
              + "). Test metrics are recorded in the .jsonl files but choose nothing.", ""]
-    runs = [r for model in picks for r in compat.read_results(results_path(dataset, model))]
+    runs = [r for model in picks for path in (results_path(dataset, model), confirm_path(dataset, model))
+            for r in compat.read_results(path)]
     if runs:
         lines += [runs_summary(runs) + (f". Picked by `{made['command']}` at commit {made['commit']}, {made['date']}."
                                         if made else "."), ""]

@@ -65,13 +65,14 @@ def test_the_default_candidate_reuses_the_grids_identical_run_and_nothing_else(t
     other_recipe = {**same, "valid": _run("FPMC", None, 0.9, 0.9)["valid"],
                     "hparams": {**same["hparams"], "fusion": {**recipe, "output_scale": 3.0}}}
     (tmp_path / "compat-ml-100k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (other_recipe, other_seed, same)))
-    row = tune.grid_default_row("ml-100k", "FPMC", 0, hparams)
+    grid = tmp_path / "compat-ml-100k.jsonl"
+    row = compat.identical_fusion_run(grid, "FPMC", 0, hparams)
     assert row is not None and row["valid"]["full"]["ndcg@10"] == 0.058 and row["reused_from"] == "compat-ml-100k.jsonl"
-    assert tune.grid_default_row("ml-100k", "FPMC", 2, hparams) is None
-    assert tune.grid_default_row("ml-100k", "GRU4Rec", 0, hparams) is None
+    assert compat.identical_fusion_run(grid, "FPMC", 2, hparams) is None
+    assert compat.identical_fusion_run(grid, "GRU4Rec", 0, hparams) is None
     changed = {**hparams, "fusion": {**hparams["fusion"], "output_scale": 3.0}}
-    assert tune.grid_default_row("ml-100k", "FPMC", 0, changed)["valid"]["full"]["ndcg@10"] == 0.9
-    assert tune.grid_default_row("ml-100k", "FPMC", 0, {**hparams, "modalities": ["text"]}) is None
+    assert compat.identical_fusion_run(grid, "FPMC", 0, changed)["valid"]["full"]["ndcg@10"] == 0.9
+    assert compat.identical_fusion_run(grid, "FPMC", 0, {**hparams, "modalities": ["text"]}) is None
 
     # run() records it as the default candidate without training; the other candidates would train
     trained = []
