@@ -10,8 +10,8 @@ with O_EXCL, removed when the run's line is written), so no two live workers tra
 claim left by a process that died on this host is taken over. A run that is stopped part-way resumes
 from its last finished epoch (``<results>.runs/<run>/``, see ``benchmarks/resume.py``); the line records
 the epochs it resumed at (``resumed_at``). A +fusion run the recipe search (``benchmarks/tune.py``) already
-trained with the same protocol and resolved recipe (a candidate that became a default) is reused, not
-trained again, and its line says so (``reused_from``).
+(a candidate, or a confirmation run on another seed) trained with the same protocol and resolved recipe (one
+that became a default) is reused, not trained again, and its line says so (``reused_from``).
 
     python -m benchmarks.compat                     # the full ML-100K grid (hours on 2 CPU cores)
     python -m benchmarks.compat --workers 2 --threads 1   # two single-thread worker processes
@@ -101,6 +101,14 @@ def identical_fusion_run(path: Path, model: str, seed: int, hparams: dict) -> di
                 and sorted(row.get("modalities") or ["text", "image"]) == ["image", "text"] and recorded == expected:
             return {**row, "reused_from": row.get("reused_from") or str(path.relative_to(RESULTS) if path.is_relative_to(RESULTS) else path.name)}
     return None
+
+
+def tuning_runs(dataset: str, model: str, folder: Path | None = None) -> list[Path]:
+    """The recipe search's results for ``model`` (its candidates on the search's seed), then its confirmation
+    runs (the pick and the default on other seeds), under ``folder`` (default ``results/tuning``): where the
+    grid looks for an identical +fusion run before training one."""
+    folder = RESULTS / "tuning" if folder is None else folder
+    return [folder / f"{dataset}-{model}.jsonl", folder / f"confirm-{dataset}-{model}.jsonl"]
 
 
 def parse_fusion_options(pairs: list[str]) -> dict:
@@ -334,7 +342,8 @@ def main(argv=None) -> int:
             continue
         try:
             logger.info("run %d/%d: %s %s seed %d", count + 1, len(todo), model, variant, seed)
-            row = identical_fusion_run(RESULTS / "tuning" / f"{args.dataset}-{model}.jsonl", model, seed, hparams) \
+            row = next((found for path in tuning_runs(args.dataset, model)
+                        if (found := identical_fusion_run(path, model, seed, hparams)) is not None), None) \
                 if variant == "fusion" and not args.quick else None
             if row is None:
                 row = run_one(model, variant, seed, args, hparams, state_dir=run_state_dir(args.out, key))

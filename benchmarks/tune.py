@@ -51,7 +51,7 @@ def load_space(path: Path = TUNING / "space.json") -> dict:
 
 
 def results_path(dataset: str, model: str) -> Path:
-    return TUNING / f"{dataset}-{model}.jsonl"
+    return compat.tuning_runs(dataset, model, TUNING)[0]
 
 
 def _recipe(hparams: dict, candidate: dict) -> dict:
@@ -109,7 +109,7 @@ def run(args, space: dict) -> None:
 
 
 def confirm_path(dataset: str, model: str) -> Path:
-    return TUNING / f"confirm-{dataset}-{model}.jsonl"
+    return compat.tuning_runs(dataset, model, TUNING)[1]
 
 
 def confirm(args, space: dict) -> None:

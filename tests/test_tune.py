@@ -115,7 +115,8 @@ def test_search_runs_only_the_chosen_unrecorded_unclaimed_candidates(tmp_path, m
 
 def test_the_grid_reuses_the_searchs_identical_run_of_a_picked_default(tmp_path, monkeypatch):
     """Once a candidate becomes a backbone's default, the grid's +fusion run on the search's seed is that
-    candidate's run: recorded without training, marked where it came from; other seeds still train."""
+    candidate's run, and on a confirmation seed its confirmation run (not the old default's): recorded without
+    training, marked where it came from; other seeds still train."""
     monkeypatch.setattr(tune, "TUNING", tmp_path / "tuning")
     monkeypatch.setattr(compat, "RESULTS", tmp_path)
     (tmp_path / "tuning").mkdir()
@@ -126,6 +127,10 @@ def test_the_grid_reuses_the_searchs_identical_run_of_a_picked_default(tmp_path,
                 "hparams": {**hparams["common"], **hparams["models"]["FPMC"], "fusion": recipe}}
     text_only = {**searched, "candidate": "modalities=text", "modalities": ["text"], "valid": _run("FPMC", None, 0.9, 0.9)["valid"]}
     (tmp_path / "tuning" / "ml-100k-FPMC.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (text_only, searched)))
+    confirmed = {**searched, "seed": 1, "valid": _run("FPMC", None, 0.061, 0.05)["valid"], "commit": "def"}
+    old_default = {**confirmed, "candidate": "default", "valid": _run("FPMC", None, 0.8, 0.8)["valid"],
+                   "hparams": {**searched["hparams"], "fusion": compat.resolved_recipe("FPMC", hparams["fusion"])}}
+    (tmp_path / "tuning" / "confirm-ml-100k-FPMC.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (old_default, confirmed)))
     assert compat.identical_fusion_run(tmp_path / "tuning" / "ml-100k-FPMC.jsonl", "FPMC", 0, hparams) is None
     trained = []
 
@@ -136,11 +141,12 @@ def test_the_grid_reuses_the_searchs_identical_run_of_a_picked_default(tmp_path,
     monkeypatch.setattr(compat, "run_one", fake_run)
     monkeypatch.setattr(compat, "load_hparams", lambda: json.loads(json.dumps(picked)))
     out = tmp_path / "compat-ml-100k.jsonl"
-    assert compat.main(["--models", "FPMC", "--variants", "fusion", "--seeds", "0,1", "--out", str(out)]) == 0
-    assert trained == [("FPMC", "fusion", 1)]
+    assert compat.main(["--models", "FPMC", "--variants", "fusion", "--seeds", "0,1,2", "--out", str(out)]) == 0
+    assert trained == [("FPMC", "fusion", 2)]  # seed 0: the search's run; seed 1: the pick's confirmation run
     rows = {r["seed"]: r for r in compat.read_results(out)}
     assert rows[0]["valid"]["full"]["ndcg@10"] == 0.059 and rows[0]["reused_from"] == "tuning/ml-100k-FPMC.jsonl"
-    assert rows[0]["commit"] == "abc" and "reused_from" not in rows[1]
+    assert rows[1]["valid"]["full"]["ndcg@10"] == 0.061 and rows[1]["reused_from"] == "tuning/confirm-ml-100k-FPMC.jsonl"
+    assert rows[0]["commit"] == "abc" and rows[1]["commit"] == "def" and "reused_from" not in rows[2]
 
 
 def test_attach_without_options_gets_each_searched_backbones_adopted_recipe():
