@@ -224,7 +224,8 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
                          f"{r.get('train_seconds', 0):.0f} |")
         both, text, image = (p["valid_ndcg@10"].get(k) for k in ("default", "modalities=text", "modalities=image"))
         if both and (text or image):
-            lines += ["", "Modalities (validation NDCG@10 lost when one is removed from text + image): "
+            lines += ["", "Modalities (change in validation NDCG@10 when one is removed from text + image; "
+                      "single runs on one seed): "
                       + "; ".join(f"without {gone}: {_pct(alone, both)}" for gone, alone in (("image", text), ("text", image))
                                   if alone) + "."]
         lines.append("")
