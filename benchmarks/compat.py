@@ -342,8 +342,8 @@ def main(argv=None) -> int:
             continue
         try:
             logger.info("run %d/%d: %s %s seed %d", count + 1, len(todo), model, variant, seed)
-            row = next((found for path in tuning_runs(args.dataset, model)
-                        if (found := identical_fusion_run(path, model, seed, hparams)) is not None), None) \
+            row = next(filter(None, (identical_fusion_run(path, model, seed, hparams)
+                                     for path in tuning_runs(args.dataset, model))), None) \
                 if variant == "fusion" and not args.quick else None
             if row is None:
                 row = run_one(model, variant, seed, args, hparams, state_dir=run_state_dir(args.out, key))
