@@ -51,7 +51,7 @@ def user_histories(dataset, n_users: int, max_len: int) -> tuple[torch.Tensor, t
 
 class BPRAdapter(FusionAdapter):
     candidate_embeddings = ("item_embedding",)
-    overrides = ("get_user_embedding",)
+    overrides = ("get_user_embedding", "full_sort_predict")
     id_stream_dim_attr = "embedding_size"
 
     def __init__(self, model: nn.Module, tables, *, options, dataset=None) -> None:
@@ -84,6 +84,16 @@ class BPRAdapter(FusionAdapter):
                 f"dataset has {dataset.user_num} users / {dataset.item_num} items but the model was built for "
                 f"{model.n_users} / {model.n_items}; pass the dataset the model was built on (train_data.dataset)"
             )
+
+    def fused_full_sort_predict(self, interaction) -> torch.Tensor:
+        """RecBole's ``user_e @ item_weight.T``, with items added after attach in a block of their own, so that a
+        grown catalogue leaves the old items' scores bit for bit (one matmul over more columns may round differently)."""
+        weight = self.model.item_embedding.weight
+        n_old = self.n_items_at_attach
+        if weight.shape[0] <= n_old:
+            return self.base_full_sort_predict(interaction)
+        user_e = self.model.get_user_embedding(interaction[self.model.USER_ID])
+        return torch.cat([user_e @ weight[:n_old].T, user_e @ weight[n_old:].T], dim=1).view(-1)
 
     def fused_get_user_embedding(self, user: torch.Tensor) -> torch.Tensor:
         if not self.history_on:
