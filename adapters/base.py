@@ -226,8 +226,8 @@ class FusionAdapter(nn.Module):
         for linear in [self.user_out, *self.item_out.values()]:
             if linear is not None:
                 nn.init.zeros_(linear.weight)  # freshly attached == base model
-        # Items whose ID embedding carries nothing: never seen in training (from ``dataset``) or added later.
         self.n_items_at_attach = int(present.shape[0])  # items added later are scored in their own block
+        # Items whose ID embedding carries nothing: never seen in training (from ``dataset``) or added later.
         cold = torch.zeros(present.shape[0], dtype=torch.bool)
         seen = self.training_items(dataset, present.shape[0])
         if seen is not None:
