@@ -226,7 +226,7 @@ class FusionAdapter(nn.Module):
         for linear in [self.user_out, *self.item_out.values()]:
             if linear is not None:
                 nn.init.zeros_(linear.weight)  # freshly attached == base model
-        self.n_items_at_attach = int(present.shape[0])  # items added later are scored in their own block
+        self.block_starts = [0]  # the first row of the attach-time items and of each add_items call's (item_blocks)
         # Items whose ID embedding carries nothing: never seen in training (from ``dataset``) or added later.
         cold = torch.zeros(present.shape[0], dtype=torch.bool)
         seen = self.training_items(dataset, present.shape[0])
@@ -300,10 +300,36 @@ class FusionAdapter(nn.Module):
             scope[key] = value
         return value
 
+    # ---------------------------------------------------------------- items added after attach
+    def item_blocks(self, n_items: int) -> list[slice]:
+        """The rows to compute separately: all of them, or once items were added after attach, the attach-time
+        items and those of each ``add_items`` call. Work over an item axis (projections, scores) runs block by
+        block, so adding items never changes an existing item's value: one matmul over more rows or columns
+        may round differently."""
+        starts = [start for start in self.block_starts if start < n_items]
+        if len(starts) == 1:
+            return [slice(None)]
+        return [slice(start, end) for start, end in zip(starts, [*starts[1:], n_items])]
+
+    def by_item_blocks(self, compute, n_items: int, dim: int = 0) -> torch.Tensor:
+        """``compute(block)`` for each of :meth:`item_blocks`, concatenated along ``dim`` (no copy for one block)."""
+        parts = [compute(block) for block in self.item_blocks(n_items)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+    def score_items(self, query: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``torch.matmul(query, weight.T)``, RecBole's full-sort scoring, over :meth:`item_blocks` of ``weight``:
+        ``(..., E) x (n_items, E) -> (..., n_items)``, old items' scores bit for bit after ``add_items``."""
+        return self.by_item_blocks(lambda block: torch.matmul(query, weight[block].transpose(0, 1)),
+                                   weight.shape[0], dim=-1)
+
     def projected_tables(self) -> dict[str, torch.Tensor]:
         """``{modality: (n_items, H)}``: the content tables through the fusion's input projections."""
-        return self._memoised("projected_tables", self._content_inputs(),
-                              lambda: self.fusion.project_normalized_tables(self.normalized_tables()))
+        def compute():
+            tables = self.normalized_tables()
+            parts = [self.fusion.project_normalized_tables({name: table[block] for name, table in tables.items()})
+                     for block in self.item_blocks(next(iter(tables.values())).shape[0])]
+            return parts[0] if len(parts) == 1 else {name: torch.cat([part[name] for part in parts]) for name in tables}
+        return self._memoised("projected_tables", self._content_inputs(), compute)
 
     @staticmethod
     def _content(projected: Mapping[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
@@ -322,8 +348,10 @@ class FusionAdapter(nn.Module):
 
     def item_delta(self, name: str) -> torch.Tensor:
         """(n_items, E): what the content adds to the candidate embedding ``name`` (zero at attach)."""
-        return self._memoised(f"item_delta:{name}", [*self._content_inputs(), self.item_out[name].weight],
-                              lambda: self._delta(name, self.item_content()))
+        def compute():
+            content = self.item_content()
+            return self.by_item_blocks(lambda block: self._delta(name, content[block]), content.shape[0])
+        return self._memoised(f"item_delta:{name}", [*self._content_inputs(), self.item_out[name].weight], compute)
 
     def fused_weight(self, name: str, base_weight: torch.Tensor) -> torch.Tensor:
         """``base_weight + item_delta(name)``: the weight host code reads from a wrapped embedding.
@@ -429,6 +457,7 @@ class FusionAdapter(nn.Module):
 
         ``grown`` (a list, if given) receives the Parameters that gained rows (the ID embeddings)."""
         model, n_new = self.model, len(tokens)
+        self.block_starts = [*self.block_starts, int(self.item_present.shape[0])]  # the new rows: a block of their own
         grown = [] if grown is None else grown
         reference = next(iter(self.normalized_tables().values()))
         tables = {name: reduce_table(t, getattr(self, f"basis_{name}").cpu(), self.options.layer_norm_eps)

@@ -86,14 +86,9 @@ class BPRAdapter(FusionAdapter):
             )
 
     def fused_full_sort_predict(self, interaction) -> torch.Tensor:
-        """RecBole's ``user_e @ item_weight.T``, with items added after attach in a block of their own, so that a
-        grown catalogue leaves the old items' scores bit for bit (one matmul over more columns may round differently)."""
-        weight = self.model.item_embedding.weight
-        n_old = self.n_items_at_attach
-        if weight.shape[0] <= n_old:
-            return self.base_full_sort_predict(interaction)
+        """RecBole's ``user_e @ item_weight.T``, by :meth:`score_items` (old items bit for bit after ``add_items``)."""
         user_e = self.model.get_user_embedding(interaction[self.model.USER_ID])
-        return torch.cat([user_e @ weight[:n_old].T, user_e @ weight[n_old:].T], dim=1).view(-1)
+        return self.score_items(user_e, self.model.item_embedding.weight).view(-1)
 
     def fused_get_user_embedding(self, user: torch.Tensor) -> torch.Tensor:
         if not self.history_on:

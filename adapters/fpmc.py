@@ -68,6 +68,6 @@ class FPMCAdapter(FusionAdapter):
         user_emb, last_emb = self._user_and_last(
             interaction[model.USER_ID], interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
         )
-        mf = torch.matmul(user_emb, model.IU_emb.weight.transpose(0, 1))
-        fmc = torch.squeeze(torch.matmul(last_emb, model.IL_emb.weight.transpose(0, 1)), dim=1)
+        mf = self.score_items(user_emb, model.IU_emb.weight)
+        fmc = torch.squeeze(self.score_items(last_emb, model.IL_emb.weight), dim=1)
         return mf + fmc

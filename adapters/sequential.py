@@ -54,7 +54,7 @@ class SequentialAdapter(FusionAdapter):
     """
 
     candidate_embeddings = ("item_embedding",)
-    overrides = ("forward",)
+    overrides = ("forward", "full_sort_predict")
     sequence_module: str | None = None
 
     @classmethod
@@ -96,6 +96,14 @@ class SequentialAdapter(FusionAdapter):
         return seq_output + self.fuse_history(item_seq, id_sequence=id_sequence)
 
 
+    def fused_full_sort_predict(self, interaction) -> torch.Tensor:
+        """RecBole's ``seq_output @ item_embedding.weight.T`` (SASRec, GRU4Rec), by :meth:`score_items`: old items'
+        scores stay bit for bit after ``add_items``."""
+        model = self.model
+        seq_output = model.forward(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN])
+        return self.score_items(seq_output, model.item_embedding.weight)
+
+
 class SASRecAdapter(SequentialAdapter):
     """SASRec: ID stream = the last Transformer layer's output (``trm_encoder`` returns all layers)."""
 
@@ -122,7 +130,12 @@ class GenericSequentialAdapter(SequentialAdapter):
     Before any change, ``check_model`` runs the model's ``forward`` on a tiny probe batch (eval mode,
     no autograd, the random state restored) and refuses a model whose output is not ``(B, H)``: a
     model returning per-position outputs or a list would otherwise mix users' vectors silently.
+
+    The model's own ``full_sort_predict`` stays (its scoring is unknown here): after ``add_items`` the old items'
+    fused embeddings are unchanged bit for bit, their scores are as exact as that method's one matmul.
     """
+
+    overrides = ("forward",)
 
     @classmethod
     def id_stream_dim(cls, model: nn.Module) -> int:

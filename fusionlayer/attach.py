@@ -168,7 +168,10 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], 
     """Add items to an attached model without retraining; returns their internal ids (``n_items`` onwards).
 
     The new items have no ID embedding (zero rows) and are scored from their content alone, in
-    ``full_sort_predict`` (new columns at the end) and ``predict``; existing items' scores do not change.
+    ``full_sort_predict`` (new columns at the end) and ``predict``; existing items' scores do not change, bit for
+    bit: work over the item axis runs in blocks (the attach-time items, then each call's), so no item's value
+    depends on how many were added after it (a model under the generic sequential adapter keeps its own
+    ``full_sort_predict``, whose single matmul may round old scores differently in the last bit).
     Train with ``attach(..., cold_dropout=0.3)`` (or similar) so that content alone scores well.
 
     The ID embeddings gain rows in place (the same Parameter objects). To go on training with an optimizer

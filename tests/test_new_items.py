@@ -49,6 +49,10 @@ def test_added_items_are_scored_and_old_scores_do_not_change(name, setups):
     assert after.shape[1] == n_old + 100
     assert torch.equal(after[:, :n_old], before)  # old items: bit for bit
     assert torch.isfinite(after[:, n_old:]).all() and after[:, n_old:].std() > 0  # new items: scored from content
+    more = fusionlayer.add_items(model, new_rows(1000, seed=2), [f"more{i}" for i in range(1000)])
+    assert more[0] == n_old + 100
+    with torch.no_grad():  # a second, larger addition changes neither the attach-time items nor the first added ones
+        assert torch.equal(model.full_sort_predict(eval_batch).view(len(eval_batch), -1)[:, :n_old + 100], after)
     pair = Interaction({key: value.clone() for key, value in batch.interaction.items()})  # the fixture's batch stays as it is
     item_field = model.ITEM_ID if hasattr(model, "ITEM_ID") else "item_id"
     pair[item_field] = torch.full_like(pair[item_field], ids[0])
