@@ -220,12 +220,32 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], 
     if existing:
         raise ValueError(f"tokens {existing[:5]} already exist in the model's catalogue; add only new items")
     widths = dict(adapter.feature_dims)
-    rows = {name: getattr(getattr(value, "features", value), "shape", (None,))[0] for name, value in features.items()} \
+    shapes = {name: tuple(getattr(getattr(value, "features", value), "shape", (None,))) for name, value in features.items()} \
         if isinstance(features, Mapping) else {}
-    wrong = {name: n for name, n in rows.items() if n != len(tokens)}
+    vectors = {name: shape for name, shape in shapes.items() if len(shape) == 1 and shape != (None,)}
+    if vectors:
+        raise ValueError(f"features {vectors} are single vectors; give a (len(tokens), D) matrix per modality, one row "
+                         f"per new item (for one item: row[None] or row.reshape(1, -1))")
+    wrong = {name: shape[0] for name, shape in shapes.items() if shape[0] != len(tokens)}
     if wrong:
         raise ValueError(f"features have {wrong} rows for {len(tokens)} tokens; give one row per new item")
+    for name, value in features.items():  # name the tokens (as_feature_tables would give row numbers)
+        try:
+            values = torch.as_tensor(getattr(value, "features", value))
+        except (TypeError, ValueError, RuntimeError):
+            continue  # as_feature_tables says what it expected
+        if values.dim() == 2 and values.is_floating_point():
+            bad = torch.nonzero(~torch.isfinite(values).all(dim=1)).flatten().tolist()
+            if bad:
+                raise ValueError(f"features[{name!r}] has NaN/Inf values for {len(bad)} new items (tokens "
+                                 f"{[tokens[i] for i in bad[:5]]}); re-encode them, or give zero rows (no content)")
     tables = as_feature_tables(features, len(tokens), expected_dims=widths)
+    empty = torch.stack([(t != 0).any(dim=1).cpu() for t in tables.values()]).any(dim=0).logical_not()
+    if empty.any():
+        warnings.warn(f"{int(empty.sum())} of {len(tokens)} added items have all-zero features in every modality "
+                      f"(zero means 'missing'; tokens {[tokens[i] for i in torch.nonzero(empty).flatten()[:5].tolist()]}): "
+                      "with no ID embedding either, they score the same for every user. Encode their text or "
+                      "images first (fusionlayer.encoders.encode_items)", UserWarning, stacklevel=2)
     grown: list[torch.Tensor] = []
     ids = adapter.add_items(tables, tokens, grown)
     for param in grown:

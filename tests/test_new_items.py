@@ -70,6 +70,9 @@ def test_added_items_are_scored_and_old_scores_do_not_change(name, setups):
     ("modality", {"text": torch.randn(2, 24)}, ["a", "b"], r"missing: \['image'\]"),
     ("no token", {"text": torch.randn(2, 24), "image": torch.randn(2, 40)}, ["a", None], r"positions \[1\] are None or blank"),
     ("blank token", {"text": torch.randn(2, 24), "image": torch.randn(2, 40)}, [" ", "b"], "None or blank"),
+    ("one vector", {"text": torch.randn(24), "image": torch.randn(40)}, ["a"], r"single vectors.*row\[None\]"),
+    ("Inf, by token", {"text": torch.tensor([[0.0] * 24, [float("inf")] * 24]), "image": torch.randn(2, 40)},
+     ["a", "b"], r"NaN/Inf values for 1 new items \(tokens \['b'\]\)"),
 ])
 def test_add_items_errors(case, features, tokens, words, setups):
     model, *_ = attached("SASRec", setups)
@@ -78,6 +81,16 @@ def test_add_items_errors(case, features, tokens, words, setups):
         fusionlayer.add_items(model, features, tokens)
     assert model.n_items == n
 
+
+
+def test_items_added_without_content_are_counted_in_a_warning(setups):
+    model, *_ = attached("BPR", setups)
+    rows = new_rows(3)
+    for table in rows.values():
+        table[1] = 0  # the second item: no content in any modality
+    with pytest.warns(UserWarning, match=r"1 of 3 added items have all-zero features .*\['w2'\].*score the same"):
+        ids = fusionlayer.add_items(model, rows, ["w1", "w2", "w3"])
+    assert len(ids) == 3  # added all the same: a documented fallback, not an error
 
 
 @pytest.mark.parametrize("name", ["SASRec", "BPR"])
