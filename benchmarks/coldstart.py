@@ -139,7 +139,9 @@ def split_metrics(ranks: dict[str, np.ndarray], targets: np.ndarray, cold_ids: n
     for group, rows in (("cold", is_cold), ("warm", ~is_cold)):
         out[group] = {"ndcg@10": round(float(metrics["ndcg@10"][rows].mean()), 6) if rows.any() else None,
                       "hit@10": round(float(metrics["hit@10"][rows].mean()), 6) if rows.any() else None,
-                      "users": int(rows.sum())}
+                      "users": int(rows.sum()),
+                      # where the target lands beyond the top 10 (1 = first): tells "near miss" from "never considered"
+                      "median_rank": float(np.median(ranks["full"][rows]) + 1) if rows.any() else None}
     # one value per cold test case, ordered by user id (one test case per user), so that runs of one seed align
     users, ndcg = ranks["user"][is_cold], metrics["ndcg@10"][is_cold]
     order = np.argsort(users, kind="stable")

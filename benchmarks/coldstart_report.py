@@ -41,13 +41,16 @@ def _values(runs: list[dict], part: str, metric: str) -> list[float]:
 
 
 def table(groups) -> list[str]:
-    lines = ["| model | variant | seeds | cold NDCG@10 | cold Hit@10 | warm NDCG@10 | warm Hit@10 | cold / warm users |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | variant | seeds | cold NDCG@10 | cold Hit@10 | cold median rank | warm NDCG@10 | warm Hit@10 | "
+             "cold / warm users |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key in ORDER:
         runs = groups.get(key)
         if not runs:
             continue
         cells = [mean_std(_values(runs, part, metric)) for part in ("cold", "warm") for metric in ("ndcg@10", "hit@10")]
+        medians = _values(runs, "cold", "median_rank")  # recorded since 2026-11-29: older runs lack it
+        cells.insert(2, f"{np.mean(medians):.0f} ({len(medians)} of {len(runs)} runs)" if medians else "not recorded")
         seeds = ",".join(str(r["seed"]) for r in runs)
         lines.append(f"| {key[0]} | {key[1]} | {seeds} | " + " | ".join(cells) +
                      f" | {runs[0]['cold']['users']} / {runs[0]['warm']['users']} |")

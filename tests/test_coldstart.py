@@ -119,6 +119,7 @@ def test_split_metrics_orders_cold_cases_by_user_and_old_lines_still_read():
     out = coldstart.split_metrics(ranks, targets, cold_ids)
     assert out["per_user_cold_users"] == [4, 5, 7, 9] and out["cold"]["users"] == 4 and out["warm"]["users"] == 1
     assert out["per_user_cold_ndcg"] == [0.0, 0.5, 0.43068, 1.0]        # users 4 (rank 20), 5 (2), 7 (3), 9 (0)
+    assert out["cold"]["median_rank"] == 3.5 and out["warm"]["median_rank"] == 2.0  # 1 = first
     assert coldstart_report.cold_ndcg_by_user(out) == {4: 0.0, 5: 0.5, 7: 0.43068, 9: 1.0}
     old = {"per_user_cold_ndcg": {"user": [3, 1], "ndcg@10": [0.5, 0.0]}}
     assert coldstart_report.cold_ndcg_by_user(old) == {3: 0.5, 1: 0.0}
