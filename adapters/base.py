@@ -233,6 +233,11 @@ class FusionAdapter(nn.Module):
         if seen is not None:
             cold = ~seen
             cold[0] = False
+        elif options.cold_dropout > 0:
+            warnings.warn("cold_dropout is set but attach() got no dataset, so no item is known to be unseen in training: "
+                          "such items keep their ID embeddings (never trained as positives) instead of being scored from "
+                          "content alone. Pass the training split, attach(..., dataset=train_data.dataset); items added "
+                          "with fusionlayer.add_items are scored from content alone either way", UserWarning, stacklevel=3)
         self.register_buffer("cold_items", cold.unsqueeze(1), persistent=False)
         self.item_tokens = list(dataset.field2id_token[dataset.iid_field]) if hasattr(dataset, "field2id_token") else None
         self._model_ref: list[nn.Module] = []  # the host model, kept out of the module tree

@@ -159,6 +159,10 @@ def test_cold_dropout_hides_ids_in_training_only_for_a_share_and_cold_items_alwa
 def test_cold_dropout_needs_the_candidate_side(setups):
     config, train, *_ = setups("SASRec")
     model = backbone_class("SASRec")(config, train.dataset)
+    with pytest.warns(UserWarning, match=r"no dataset, so no item is known to be unseen.*dataset=train_data.dataset"):
+        fusionlayer.attach(model, random_features(train.dataset.item_num), cold_dropout=0.2)
+    assert not model.fusion_adapter.cold_items.any()  # nothing flagged: what the warning says
+    fusionlayer.detach(model)
     with pytest.raises(ValueError, match="cold_dropout hides candidate items"):
         fusionlayer.attach(model, random_features(train.dataset.item_num), side="history", cold_dropout=0.2)
     fusionlayer.attach(model, random_features(train.dataset.item_num), side="history")
