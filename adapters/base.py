@@ -462,7 +462,7 @@ class FusionAdapter(nn.Module):
 
         ``grown`` (a list, if given) receives the Parameters that gained rows (the ID embeddings)."""
         model, n_new = self.model, len(tokens)
-        self.block_starts = [*self.block_starts, int(self.item_present.shape[0])]  # the new rows: a block of their own
+        first_row = int(self.item_present.shape[0])
         grown = [] if grown is None else grown
         reference = next(iter(self.normalized_tables().values()))
         tables = {name: reduce_table(t, getattr(self, f"basis_{name}").cpu(), self.options.layer_norm_eps)
@@ -484,6 +484,7 @@ class FusionAdapter(nn.Module):
         model.n_items = first + n_new
         if self.item_tokens is not None:
             self.item_tokens.extend(tokens)
+        self.block_starts = [*self.block_starts, first_row]  # the new rows: a block of their own (item_blocks)
         self.clear_cache()
         return list(range(first, first + n_new))
 
