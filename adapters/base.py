@@ -316,10 +316,15 @@ class FusionAdapter(nn.Module):
             return [slice(None)]
         return [slice(start, end) for start, end in zip(starts, [*starts[1:], n_items])]
 
-    def by_item_blocks(self, compute, n_items: int, dim: int = 0) -> torch.Tensor:
-        """``compute(block)`` for each of :meth:`item_blocks`, concatenated along ``dim`` (no copy for one block)."""
+    def by_item_blocks(self, compute, n_items: int, dim: int = 0):
+        """``compute(block)`` for each of :meth:`item_blocks`, concatenated along ``dim`` (no copy for one block);
+        a ``{name: tensor}`` result is concatenated per name."""
         parts = [compute(block) for block in self.item_blocks(n_items)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+        if len(parts) == 1:
+            return parts[0]
+        if isinstance(parts[0], Mapping):
+            return {name: torch.cat([part[name] for part in parts], dim=dim) for name in parts[0]}
+        return torch.cat(parts, dim=dim)
 
     def score_items(self, query: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """``torch.matmul(query, weight.T)``, RecBole's full-sort scoring, over :meth:`item_blocks` of ``weight``:
@@ -331,9 +336,9 @@ class FusionAdapter(nn.Module):
         """``{modality: (n_items, H)}``: the content tables through the fusion's input projections."""
         def compute():
             tables = self.normalized_tables()
-            parts = [self.fusion.project_normalized_tables({name: table[block] for name, table in tables.items()})
-                     for block in self.item_blocks(next(iter(tables.values())).shape[0])]
-            return parts[0] if len(parts) == 1 else {name: torch.cat([part[name] for part in parts]) for name in tables}
+            return self.by_item_blocks(
+                lambda block: self.fusion.project_normalized_tables({name: t[block] for name, t in tables.items()}),
+                self.item_present.shape[0])
         return self._memoised("projected_tables", self._content_inputs(), compute)
 
     @staticmethod

@@ -95,7 +95,6 @@ class SequentialAdapter(FusionAdapter):
         self._captured.clear()
         return seq_output + self.fuse_history(item_seq, id_sequence=id_sequence)
 
-
     def fused_full_sort_predict(self, interaction) -> torch.Tensor:
         """RecBole's ``seq_output @ item_embedding.weight.T`` (SASRec, GRU4Rec), by :meth:`score_items`: old items'
         scores stay bit for bit after ``add_items``."""
