@@ -229,17 +229,7 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], 
     wrong = {name: shape[0] for name, shape in shapes.items() if shape[0] != len(tokens)}
     if wrong:
         raise ValueError(f"features have {wrong} rows for {len(tokens)} tokens; give one row per new item")
-    for name, value in features.items():  # name the tokens (as_feature_tables would give row numbers)
-        try:
-            values = torch.as_tensor(getattr(value, "features", value))
-        except (TypeError, ValueError, RuntimeError):
-            continue  # as_feature_tables says what it expected
-        if values.dim() == 2 and values.is_floating_point():
-            bad = torch.nonzero(~torch.isfinite(values).all(dim=1)).flatten().tolist()
-            if bad:
-                raise ValueError(f"features[{name!r}] has NaN/Inf values for {len(bad)} new items (tokens "
-                                 f"{[tokens[i] for i in bad[:5]]}); re-encode them, or give zero rows (no content)")
-    tables = as_feature_tables(features, len(tokens), expected_dims=widths)
+    tables = as_feature_tables(features, len(tokens), expected_dims=widths, row_labels=tokens)
     empty = torch.stack([(t != 0).any(dim=1).cpu() for t in tables.values()]).any(dim=0).logical_not()
     if empty.any():
         warnings.warn(f"{int(empty.sum())} of {len(tokens)} added items have all-zero features in every modality "

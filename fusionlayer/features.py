@@ -8,7 +8,7 @@ padding id. Accepted values: a ``torch.Tensor``, a ``numpy.ndarray``, or any obj
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ def as_feature_tables(
     *,
     expected_dims: Mapping[str, int] | None = None,
     dtype: torch.dtype | None = torch.float32,
+    row_labels: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Check and convert ``{name: (n_items, D)}`` tables; raise before anything is changed.
 
@@ -56,6 +57,7 @@ def as_feature_tables(
         expected_dims: if given, the exact modality names and widths required.
         dtype: the dtype of the returned tensors; None keeps each table's own (no copy: a float16
             memory-mapped table stays on disk).
+        row_labels: what errors call the rows (e.g. new items' tokens, one per row); item ids when None.
 
     Raises:
         TypeError: a value is not a float tensor/array, or ``features`` is not a mapping.
@@ -89,22 +91,26 @@ def as_feature_tables(
             raise ValueError(f"features[{name!r}] has width {table.shape[1]}, expected {expected_dims[name]}")
         finite, largest = _row_checks(table)
         if not bool(finite.all()):
-            bad = torch.nonzero(~finite).flatten()[:5].tolist()
+            bad = _labels(torch.nonzero(~finite).flatten()[:5].tolist(), row_labels)
             raise ValueError(
-                f"features[{name!r}] has {int((~finite).sum())} rows with NaN/Inf values (first item ids: {bad}); "
+                f"features[{name!r}] has {int((~finite).sum())} rows with NaN/Inf values (first {bad}); "
                 f"{_ENCODE_HINT.format(name=name)}, or zero those rows and mark them missing"
             )
         huge = largest > MAX_ABS
         if bool(huge.any()):
-            bad = torch.nonzero(huge).flatten()[:5].tolist()
+            bad = _labels(torch.nonzero(huge).flatten()[:5].tolist(), row_labels)
             raise ValueError(
                 f"features[{name!r}] has {int(huge.sum())} rows with values beyond +-{MAX_ABS:.0e} (largest "
-                f"{float(largest.max()):.3g}; first item ids: {bad}): standardising them in float32 would overflow "
+                f"{float(largest.max()):.3g}; first {bad}): standardising them in float32 would overflow "
                 f"to NaN. Each row is standardised before use, so scaling a row changes nothing: divide those rows "
                 f"(or the table) by their largest absolute value"
             )
         tables[name] = table.detach() if dtype is None else table.detach().to(dtype).contiguous()
     return tables
+
+
+def _labels(rows: list[int], row_labels: Sequence[str] | None) -> str:
+    return f"item ids: {rows}" if row_labels is None else f"tokens: {[row_labels[i] for i in rows]}"
 
 
 def _row_checks(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

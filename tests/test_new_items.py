@@ -72,7 +72,9 @@ def test_added_items_are_scored_and_old_scores_do_not_change(name, setups):
     ("blank token", {"text": torch.randn(2, 24), "image": torch.randn(2, 40)}, [" ", "b"], "None or blank"),
     ("one vector", {"text": torch.randn(24), "image": torch.randn(40)}, ["a"], r"single vectors.*row\[None\]"),
     ("Inf, by token", {"text": torch.tensor([[0.0] * 24, [float("inf")] * 24]), "image": torch.randn(2, 40)},
-     ["a", "b"], r"NaN/Inf values for 1 new items \(tokens \['b'\]\)"),
+     ["a", "b"], r"1 rows with NaN/Inf values \(first tokens: \['b'\]\)"),
+    ("huge, by token", {"text": torch.tensor([[1e20] * 24, [0.0] * 24]), "image": torch.randn(2, 40)},
+     ["a", "b"], r"beyond \+-1e\+15 .*first tokens: \['a'\]"),
 ])
 def test_add_items_errors(case, features, tokens, words, setups):
     model, *_ = attached("SASRec", setups)
@@ -80,7 +82,6 @@ def test_add_items_errors(case, features, tokens, words, setups):
     with pytest.raises(ValueError, match=words):
         fusionlayer.add_items(model, features, tokens)
     assert model.n_items == n
-
 
 
 def test_items_added_without_content_are_counted_in_a_warning(setups):
