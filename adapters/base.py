@@ -31,6 +31,7 @@ Candidate embeddings are swapped for :class:`ContentEmbedding` wrappers whose ``
 
 from __future__ import annotations
 
+import copy
 import functools
 import types
 import warnings
@@ -127,13 +128,46 @@ class _Scoped:
         adapter = self.adapter
         if adapter._scope is not None:
             return self.function(*args, **kwargs)
-        if self.name == "calculate_loss" and adapter.training and torch.is_grad_enabled():
+        training_loss = self.name == "calculate_loss" and adapter.training and torch.is_grad_enabled()
+        if training_loss:
             adapter.check_training()
-        adapter._scope = {}
+            if args:
+                args = (adapter.redraw_cold_negatives(args[0]), *args[1:])
+        adapter._scope = {"training_loss": True} if training_loss else {}
         try:
             return self.function(*args, **kwargs)
         finally:
             adapter._scope = None
+
+
+class _ColdMaskedLoss(nn.Module):
+    """The host's full-softmax loss (``nn.CrossEntropyLoss``) with items never seen in training left out
+    of the softmax during training steps (their logits set to -inf, unless an item is this batch's target).
+
+    Installed by :meth:`FusionAdapter.install` when ``cold_dropout > 0``; ``base`` is the original loss.
+    """
+
+    def __init__(self, base: nn.Module, adapter: "FusionAdapter") -> None:
+        super().__init__()
+        self.base = base
+        self.__dict__["_adapter"] = adapter  # plain reference: no module cycle
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        excluded = self._adapter.excluded_negatives()
+        if excluded is None or logits.dim() != 2 or logits.shape[1] != excluded.shape[0] or target.dim() != 1 \
+                or target.is_floating_point():
+            return self.base(logits, target)
+        valid = (target >= 0) & (target < logits.shape[1])  # not ignore_index
+        excluded = excluded.to(logits.device).index_fill(0, target[valid], False)  # a target stays a candidate
+        base = self.base
+        if not base.label_smoothing:  # -inf: a softmax weight (and gradient) of exactly zero
+            return base(logits.masked_fill(excluded, float("-inf")), target)
+        keep = ~excluded  # label smoothing spreads mass over every class: leave the excluded ones out
+        column = keep.cumsum(0) - 1
+        target = torch.where(valid, column[target.clamp(0, logits.shape[1] - 1)], target)
+        weight = None if base.weight is None else base.weight[keep]
+        return F.cross_entropy(logits[:, keep], target, weight=weight, ignore_index=base.ignore_index,
+                               reduction=base.reduction, label_smoothing=base.label_smoothing)
 
 
 def _unbound(model: nn.Module, name: str):
@@ -447,6 +481,50 @@ class FusionAdapter(nn.Module):
         out = self.user_out(self.output_dropout(fused))
         return out if self.options.output_scale == 1 else out * self.options.output_scale
 
+    # ---------------------------------------------------------------- cold items in training
+    def excluded_negatives(self) -> torch.Tensor | None:
+        """(n_items,) bool: items a training step must not use as negatives (None when there are none).
+
+        With ``cold_dropout > 0``, items never seen in training (and items added later) are scored from
+        content alone. Used as negatives, they would only ever be pushed down (no step has them as a
+        positive), and the content path would learn to bury exactly those items: left out during training
+        steps, as items unknown at training time would be. Evaluation ranks every item."""
+        if self.options.cold_dropout <= 0 or self._scope is None or not self._scope.get("training_loss"):
+            return None
+        cold = self.cold_items[:, 0]
+        return cold if bool(cold.any()) else None
+
+    def redraw_cold_negatives(self, interaction: Any) -> Any:
+        """``interaction`` with each sampled negative (RecBole's ``neg_<item_id>`` field) that is in
+        :meth:`excluded_negatives` redrawn uniformly from the other items; a copy, the caller's is untouched."""
+        if self.options.cold_dropout <= 0 or not bool(self.cold_items.any()):
+            return interaction
+        field = getattr(self.model, "NEG_ITEM_ID", None)
+        try:
+            negatives = interaction[field]
+        except (KeyError, TypeError, IndexError, AttributeError):
+            return interaction
+        cold = self.cold_items[:, 0]
+        if not isinstance(negatives, torch.Tensor) or negatives.is_floating_point() or not negatives.numel() \
+                or int(negatives.max()) >= cold.shape[0] or int(negatives.min()) < 0:
+            return interaction  # not item ids of this catalogue: the host model says what is wrong
+        hit = cold.to(negatives.device)[negatives]
+        if not bool(hit.any()):
+            return interaction
+        allowed = torch.nonzero(~cold).flatten()
+        allowed = allowed[allowed != 0].to(negatives.device)  # 0 is padding
+        if not allowed.numel():
+            return interaction
+        draw = allowed[torch.randint(allowed.numel(), (int(hit.sum()),), device=negatives.device)]
+        redrawn = negatives.masked_scatter(hit, draw.to(negatives.dtype))
+        if hasattr(interaction, "interaction") and isinstance(interaction.interaction, dict):  # RecBole's Interaction
+            out = copy.copy(interaction)
+            out.interaction = {**interaction.interaction, field: redrawn}
+            return out
+        if isinstance(interaction, Mapping):
+            return {**interaction, field: redrawn}
+        return interaction
+
     def check_training(self) -> None:
         """Warn once if, by the third training step, the zero-initialised outputs are all still zero:
         the optimiser does not hold the fusion parameters (a Trainer built before ``attach``)."""
@@ -509,6 +587,8 @@ class FusionAdapter(nn.Module):
         for name in self.entry_points:
             if callable(getattr(model, name, None)):
                 model.__dict__[name] = _Scoped(self, model.__dict__.get(name) or _unbound(model, name), name)
+        if self.options.cold_dropout > 0 and isinstance(getattr(model, "loss_fct", None), nn.CrossEntropyLoss):
+            model.loss_fct = _ColdMaskedLoss(model.loss_fct, self)
         self.train(model.training)  # a model attached in eval mode stays in eval mode
 
     def uninstall(self, model: nn.Module) -> None:
@@ -516,5 +596,7 @@ class FusionAdapter(nn.Module):
             model.__dict__.pop(name, None)
         for name in self.wrapped:
             setattr(model, name, getattr(model, name).base_layer)
+        if isinstance(getattr(model, "loss_fct", None), _ColdMaskedLoss):
+            model.loss_fct = model.loss_fct.base
         del model._modules["fusion_adapter"]
         self._model_ref.clear()

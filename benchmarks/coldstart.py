@@ -108,7 +108,9 @@ def keep_unseen_items_out_of_training(model, train_data, unseen: np.ndarray) -> 
     """Items without a training interaction do not exist while the model trains: never a sampled negative
     (pairwise losses) and never a logit of the cross-entropy over the catalogue. Without this, training
     pushes exactly the held-out items down (they are the only items that are never a positive), which
-    leaks the held-out set into the model and makes content-based scoring of cold items look useless."""
+    leaks the held-out set into the model and makes content-based scoring of cold items look useless.
+    A protocol rule for every variant (plain ones too); ``attach(..., cold_dropout>0)`` applies the same rule
+    by itself (``FusionAdapter.excluded_negatives``), so for ``fusion+cold`` the two coincide."""
     unseen = np.asarray(unseen, dtype=np.int64)
     sampler = getattr(train_data, "_sampler", None)
     if sampler is not None and hasattr(sampler, "item_num"):

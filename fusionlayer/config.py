@@ -109,7 +109,8 @@ class AdapterOptions:
     output_scale: float = 1.0  # alpha on both zero-initialised outputs: under Adam, the fusion's own step size
     side: str = "both"  # where content enters: "both", "history" (user/sequence side), "candidate" (item side)
     cold_dropout: float = 0.0  # training: hide this share of items' ID embeddings per step (DropoutNet); > 0 also
-    # scores items never seen in training (and items added later) from content alone
+    # scores items never seen in training (and items added later) from content alone, and keeps them out of
+    # training steps' negatives (cross-entropy logits, sampled negatives), which would only ever push them down
     reduce_features: int | None = None  # large catalogues: each table -> its top-r principal directions, once at
     # attach time, read in row chunks (fusionlayer/reduction.py); None keeps the tables exact
 

@@ -157,6 +157,83 @@ def test_cold_dropout_hides_ids_in_training_only_for_a_share_and_cold_items_alwa
     assert torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("name", ["SASRec", "GRU4Rec"])
+def test_cold_items_are_left_out_of_the_training_softmax_only(name, setups):
+    model, train, batch, _ = attached(name, setups, cold_dropout=0.3)
+    fusionlayer.add_items(model, new_rows(4), ["c1", "c2", "c3", "c4"])  # cold: never seen in training
+    cold = model.fusion_adapter.cold_items.squeeze(1)
+    seen = []
+    original = model.loss_fct.base.forward
+    model.loss_fct.base.forward = lambda logits, target: seen.append(logits.detach().clone()) or original(logits, target)
+    model.train()
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    logits = seen[-1]
+    assert logits.shape[1] == model.n_items and cold[-4:].all()
+    assert torch.isinf(logits[:, cold]).all() and torch.isfinite(logits[:, ~cold]).all()
+    model.eval()
+    with torch.no_grad():  # evaluation (and a validation loss) ranks every item
+        model.calculate_loss(batch)
+    assert torch.isfinite(seen[-1]).all()
+    with pytest.warns(UserWarning, match="4 items added with fusionlayer.add_items"):
+        fusionlayer.detach(model)
+    assert type(model.loss_fct) is torch.nn.CrossEntropyLoss
+
+
+def test_cold_softmax_mask_keeps_targets_and_follows_label_smoothing(setups):
+    from adapters.base import _ColdMaskedLoss
+
+    model, *_ = attached("SASRec", setups, cold_dropout=0.3)
+    adapter = model.fusion_adapter
+    n = model.n_items
+    adapter.cold_items = torch.zeros(n, 1, dtype=torch.bool)
+    adapter.cold_items[[3, 5]] = True
+    logits, target = torch.randn(4, n), torch.tensor([1, 5, 2, -100])
+    adapter._scope = {"training_loss": True}
+    try:
+        for smoothing in (0.0, 0.1):
+            loss = _ColdMaskedLoss(torch.nn.CrossEntropyLoss(label_smoothing=smoothing), adapter)(logits, target)
+            keep = torch.ones(n, dtype=torch.bool)
+            keep[3] = False  # 5 is a target: kept
+            column = keep.cumsum(0) - 1
+            expected = torch.nn.functional.cross_entropy(logits[:3, keep], column[target[:3]], label_smoothing=smoothing)
+            torch.testing.assert_close(loss, expected)
+    finally:
+        adapter._scope = None
+
+
+@pytest.mark.parametrize("name", ["BPR", "FPMC"])
+def test_sampled_negatives_that_are_cold_are_redrawn_in_training(name, setups):
+    model, train, batch, _ = attached(name, setups, cold_dropout=0.3)
+    new = fusionlayer.add_items(model, new_rows(4), ["c1", "c2", "c3", "c4"])
+    cold = model.fusion_adapter.cold_items.squeeze(1)
+    field = model.NEG_ITEM_ID
+    given = batch[field].clone()
+    given[::2] = torch.tensor(new).repeat(len(given))[: len(given[::2])]  # half the negatives are cold
+    batch = Interaction({**batch.interaction, field: given})
+    used = []
+    adapter = model.fusion_adapter
+    original = adapter.redraw_cold_negatives
+
+    def spy(interaction):
+        used.append(original(interaction))
+        return used[-1]
+
+    adapter.redraw_cold_negatives = spy
+    model.train()
+    torch.manual_seed(0)
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    redrawn = used[-1][field]
+    assert torch.equal(batch[field], given)  # the caller's batch is untouched
+    assert not cold[redrawn].any() and (redrawn != 0).all()
+    assert torch.equal(redrawn[1::2], given[1::2])  # warm negatives as sampled
+    plain = attached(name, setups)[0]  # without cold_dropout: negatives as sampled
+    assert plain.fusion_adapter.redraw_cold_negatives(batch) is batch
+
+
 def test_cold_dropout_needs_the_candidate_side(setups):
     config, train, *_ = setups("SASRec")
     model = backbone_class("SASRec")(config, train.dataset)
