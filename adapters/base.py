@@ -450,12 +450,20 @@ class FusionAdapter(nn.Module):
 
     @staticmethod
     def training_items(dataset: Any, n_items: int) -> torch.Tensor | None:
-        """(n_items,) bool: items with at least one interaction in ``dataset`` (None without one)."""
+        """(n_items,) bool: items with at least one interaction in ``dataset`` (None without one): a target,
+        or, in a sequential dataset's training cases, an item of a history (a user's first item is never a target)."""
         inter = getattr(dataset, "inter_feat", None)
         if inter is None:
             return None
-        ids = torch.as_tensor(inter[dataset.iid_field]).long()
-        return torch.bincount(ids, minlength=n_items)[:n_items] > 0
+        fields = [dataset.iid_field]
+        history = getattr(dataset, "item_id_list_field", None)
+        if history is not None and history in getattr(inter, "columns", ()):
+            fields.append(history)
+        seen = torch.zeros(n_items, dtype=torch.bool)
+        for field in fields:
+            ids = torch.as_tensor(inter[field]).long().flatten()
+            seen |= torch.bincount(ids, minlength=n_items)[:n_items] > 0
+        return seen
 
     def fuse_history(self, item_seq: torch.Tensor, *, id_table: torch.Tensor | None = None,
                      id_sequence: torch.Tensor | None = None) -> torch.Tensor:

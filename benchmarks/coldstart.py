@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fusionlayer.adapters.base import FusionAdapter
 from benchmarks import compat
 from benchmarks.cli_args import names, set_threads
 from benchmarks.provenance import provenance
@@ -176,7 +177,8 @@ def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_token
         tables = compat.load_tables("ml-100k", train_data.dataset, run_args, hparams)
         net, trained = ContentKNN(tables, built.ITEM_SEQ, built.USER_ID), {"epochs_run": 0}
     else:
-        keep_unseen_items_out_of_training(built, train_data, np.flatnonzero(counts[1:] == 0) + 1)
+        seen = FusionAdapter.training_items(train_data.dataset, train_data.dataset.item_num).numpy()
+        keep_unseen_items_out_of_training(built, train_data, np.flatnonzero(~seen[1:]) + 1)  # attach's cold items
         fingerprint = {"model": model, "variant": variant, "seed": seed, "cold_seed": args.cold_seed, "protocol": PROTOCOL,
                        "quick": bool(args.quick), "recipe": recipe, "device": args.device}
         net, trained = built, compat.train_and_rank(config, built, data, args.device, seed,

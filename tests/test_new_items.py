@@ -182,7 +182,7 @@ def test_cold_items_are_left_out_of_the_training_softmax_only(name, setups):
 
 
 def test_cold_softmax_mask_keeps_targets_and_follows_label_smoothing(setups):
-    from adapters.base import _ColdMaskedLoss
+    from fusionlayer.adapters.base import _ColdMaskedLoss
 
     model, *_ = attached("SASRec", setups, cold_dropout=0.3)
     adapter = model.fusion_adapter
@@ -232,6 +232,19 @@ def test_sampled_negatives_that_are_cold_are_redrawn_in_training(name, setups):
     assert torch.equal(redrawn[1::2], given[1::2])  # warm negatives as sampled
     plain = attached(name, setups)[0]  # without cold_dropout: negatives as sampled
     assert plain.fusion_adapter.redraw_cold_negatives(batch) is batch
+
+
+def test_items_seen_only_in_training_histories_are_not_cold():
+    from types import SimpleNamespace
+
+    from fusionlayer.adapters.base import FusionAdapter
+
+    # item 1 is every user's first item: in training it is never a target, only in histories
+    inter = Interaction({"item_id": torch.tensor([2, 3]), "item_id_list": torch.tensor([[1, 0], [1, 2]])})
+    dataset = SimpleNamespace(inter_feat=inter, iid_field="item_id", item_id_list_field="item_id_list")
+    assert FusionAdapter.training_items(dataset, 6)[1:].tolist() == [True, True, True, False, False]
+    general = SimpleNamespace(inter_feat=Interaction({"item_id": torch.tensor([2, 3])}), iid_field="item_id")
+    assert FusionAdapter.training_items(general, 6)[1:].tolist() == [False, True, True, False, False]
 
 
 def test_cold_dropout_needs_the_candidate_side(setups):
