@@ -503,8 +503,9 @@ class FusionAdapter(nn.Module):
         return cold if bool(cold.any()) else None
 
     def redraw_cold_negatives(self, interaction: Any) -> Any:
-        """``interaction`` with each sampled negative (RecBole's ``neg_<item_id>`` field) that is in
-        :meth:`excluded_negatives` redrawn uniformly from the other items; a copy, the caller's is untouched."""
+        """``interaction`` with each sampled negative (RecBole's ``neg_<item_id>`` field) that is a cold item
+        (``cold_items``, see :meth:`excluded_negatives`) redrawn uniformly from the other items, in a copy: the
+        caller's is untouched. Called by the training ``calculate_loss`` before the host reads the batch."""
         if self.options.cold_dropout <= 0 or not bool(self.cold_items.any()):
             return interaction
         field = getattr(self.model, "NEG_ITEM_ID", None)
