@@ -6,7 +6,8 @@ one +fusion run of the compatibility benchmark's converged protocol on the space
 one line to ``benchmarks/results/tuning/<dataset>-<model>.jsonl`` (a re-run skips what is recorded; the
 'default' candidate reuses the main grid's +fusion run of the same seed when its protocol and recipe are the same);
 ``--pick`` writes ``picks.json`` and ``report.md``: per backbone, the candidate with the best validation NDCG@10, next
-to the plain baseline's validation NDCG@10 from the main grid when it is there. A pick other than 'default' is
+to the plain baseline's validation NDCG@10 from the main grid when it is there (a candidate that changes the
+modalities is a modality's contribution, reported and never picked). A pick other than 'default' is
 then confirmed (``--confirm``): it and the default are trained on the space's ``confirm_seeds`` too, and the pick
 is *adopted* (becomes the adapter's ``default_options``) only if its mean validation NDCG@10 over the search's
 seed and those seeds is above the default's; one seed's validation split is too small to tell the candidates
@@ -143,9 +144,10 @@ def pick(dataset: str, space: dict) -> dict:
             continue
         scores = {name: r["valid"]["full"]["ndcg@10"] for name, r in rows.items()}
         options = {c["name"]: c["options"] for c in space["candidates"]}
-        best = max(scores, key=scores.get)
+        pickable = pickable_candidates(space)
+        best = max((name for name in scores if name in pickable), key=scores.get, default="default")
         plain = next((r["valid"]["full"]["ndcg@10"] for r in main if r["model"] == model), None)
-        complete = len(rows) == len(space["candidates"])
+        complete = pickable <= set(rows)
         check = confirmation(dataset, model, space, best, rows) if best != "default" else None
         adopted = best if complete and (best == "default" or (check or {}).get("confirmed")) else "default"
         picks[model] = {"pick": best, "options": options[best],
@@ -154,6 +156,14 @@ def pick(dataset: str, space: dict) -> dict:
                         "confirmation": check, "adopted": adopted,
                         "adopted_options": options[adopted]}
     return picks
+
+
+def pickable_candidates(space: dict) -> set[str]:
+    """The candidates that can become a backbone's default: those that change attach() options. A candidate that
+    changes the modalities (``"modalities"`` in space.json) measures a modality's contribution; it is reported,
+    never picked: attach() uses the feature tables the user gives it, and one dataset's validation split is no
+    ground for a library default that drops a user's text or images (space.json's second amendment)."""
+    return {c["name"] for c in space["candidates"] if "modalities" not in c}
 
 
 def confirmation(dataset: str, model: str, space: dict, best: str, rows: dict) -> dict | None:
@@ -195,6 +205,9 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
         rows = {r["candidate"]: r for r in compat.read_results(results_path(dataset, model))}
         default, plain = p["valid_ndcg@10"].get("default"), p["plain_valid_ndcg@10"]
         lines += [f"## {model}: pick `{p['pick']}`" + ("" if p["complete"] else " (search not complete)"), ""]
+        missing = [c["name"] for c in space["candidates"] if c["name"] not in rows]
+        if missing:
+            lines += [f"Not yet run: {', '.join(f'`{m}`' for m in missing)}.", ""]
         check = p.get("confirmation")
         if p["pick"] != "default":
             if check is None:
@@ -224,8 +237,8 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
                          f"{r.get('train_seconds', 0):.0f} |")
         both, text, image = (p["valid_ndcg@10"].get(k) for k in ("default", "modalities=text", "modalities=image"))
         if both and (text or image):
-            lines += ["", "Modalities (change in validation NDCG@10 when one is removed from text + image; "
-                      "single runs on one seed): "
+            lines += ["", "Modalities (reported, never picked; change in validation NDCG@10 when one is removed from "
+                      "text + image; single runs on one seed): "
                       + "; ".join(f"without {gone}: {_pct(alone, both)}" for gone, alone in (("image", text), ("text", image))
                                   if alone) + "."]
         lines.append("")
@@ -267,7 +280,7 @@ def main(argv=None) -> int:
     atomic_write_json(TUNING / "picks.json", {**made, "picks": picks})
     atomic_write_bytes(TUNING / "report.md", tuning_report(args.dataset, space, picks, made).encode())
     for model, p in picks.items():
-        print(f"{model}: pick {p['pick']} ({p['valid_ndcg@10'][p['pick']]:.4f} valid NDCG@10; "
+        print(f"{model}: pick {p['pick']} ({p['valid_ndcg@10'].get(p['pick'])} valid NDCG@10; "
               f"default {p['valid_ndcg@10'].get('default')}, plain {p['plain_valid_ndcg@10']}); adopted {p['adopted']}")
     return 0
 

@@ -38,6 +38,28 @@ def test_the_pick_is_the_best_validation_score_never_the_test_score(tmp_path, mo
     assert "without image: -10.0 %; without text: -20.0 %" in text
 
 
+def test_a_modality_candidate_is_reported_never_picked_and_the_pick_does_not_wait_for_it(tmp_path, monkeypatch):
+    """modalities=text beats every option on validation: it is reported as the modality's contribution, and the
+    pick is the best option candidate; the search is complete for the pick while modalities=image has not run."""
+    monkeypatch.setattr(tune, "TUNING", tmp_path)
+    monkeypatch.setattr(compat, "RESULTS", tmp_path)
+    space = {"seed": 0, "confirm_seeds": [1, 2], "models": ["SASRec"], "candidates": [
+        {"name": "default", "options": {}}, {"name": "hidden_size=64", "options": {"hidden_size": 64}},
+        {"name": "modalities=text", "options": {}, "modalities": ["text"]},
+        {"name": "modalities=image", "options": {}, "modalities": ["image"]}]}
+    rows = [_run("SASRec", "default", 0.0711, 0.05), _run("SASRec", "hidden_size=64", 0.0760, 0.05),
+            _run("SASRec", "modalities=text", 0.0772, 0.05)]
+    (tmp_path / "ml-100k-SASRec.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    picks = tune.pick("ml-100k", space)["SASRec"]
+    assert (picks["pick"], picks["options"], picks["complete"]) == ("hidden_size=64", {"hidden_size": 64}, True)
+    assert picks["valid_ndcg@10"]["modalities=text"] == 0.0772 and picks["adopted"] == "default"  # not yet confirmed
+    text = tune.tuning_report("ml-100k", space, {"SASRec": picks})
+    assert "Not yet run: `modalities=image`." in text and "without image: +8.6 %" in text
+    rows[1]["valid"]["full"]["ndcg@10"] = 0.0700                                  # no option beats the default
+    (tmp_path / "ml-100k-SASRec.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert tune.pick("ml-100k", space)["SASRec"]["pick"] == "default"
+
+
 def test_a_space_without_default_or_with_a_bad_option_is_refused(tmp_path):
     bad = tmp_path / "space.json"
     bad.write_text(json.dumps({"seed": 0, "models": ["BPR"], "candidates": [{"name": "x", "options": {}}]}))
