@@ -141,19 +141,23 @@ class _Scoped:
 
 
 class _ColdMaskedLoss(nn.Module):
-    """The host's full-softmax loss (``nn.CrossEntropyLoss``) with items never seen in training left out
-    of the softmax during training steps (their logits set to -inf, unless an item is this batch's target).
+    """The host's full-softmax loss (``nn.CrossEntropyLoss``) with some items left out of the softmax: their
+    logits set to -inf, unless an item is this batch's target.
 
-    Installed by :meth:`FusionAdapter.install` when ``cold_dropout > 0``; ``base`` is the original loss.
+    ``excluded`` is called at each loss: it returns an (n_items,) bool mask, or None for "leave nothing out".
+    :meth:`FusionAdapter.install` installs it with the adapter's :meth:`~FusionAdapter.excluded_negatives`
+    when ``cold_dropout > 0`` (items never seen in training, during training steps only); ``base`` is the
+    original loss, restored by ``detach``. Benchmarks that keep held-out items out of a model's training use it
+    with a fixed mask.
     """
 
-    def __init__(self, base: nn.Module, adapter: "FusionAdapter") -> None:
+    def __init__(self, base: nn.Module, excluded) -> None:
         super().__init__()
         self.base = base
-        self.__dict__["_adapter"] = adapter  # plain reference: no module cycle
+        self.__dict__["_excluded"] = excluded  # a plain callable (may be the adapter's bound method): no module cycle
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        excluded = self._adapter.excluded_negatives()
+        excluded = self._excluded()
         if excluded is None or logits.dim() != 2 or logits.shape[1] != excluded.shape[0] or target.dim() != 1 \
                 or target.is_floating_point():
             return self.base(logits, target)
@@ -499,33 +503,50 @@ class FusionAdapter(nn.Module):
         steps, as items unknown at training time would be. Evaluation ranks every item."""
         if self.options.cold_dropout <= 0 or self._scope is None or not self._scope.get("training_loss"):
             return None
-        cold = self.cold_items[:, 0]
-        return cold if bool(cold.any()) else None
+        return self._cold_lookup()[0]
+
+    def _cold_lookup(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(the cold mask or None when no item is cold, the ids a cold negative is redrawn from), computed
+        once per state of ``cold_items`` (kept until the buffer is replaced, moved or edited in place), so
+        a training step does not synchronise with the device or scan the catalogue to find them."""
+        cold = self.cold_items
+        key = (id(cold), cold._version, cold.device)
+        cached = self.__dict__.get("_cold_cache")
+        if cached is None or cached[0] != key or cached[1] is not cold:
+            column = cold[:, 0]
+            if bool(column.any()):
+                allowed = torch.nonzero(~column).flatten()
+                allowed = allowed[allowed != 0]  # 0 is padding
+                cached = (key, cold, column, allowed if allowed.numel() else None)
+            else:
+                cached = (key, cold, None, None)
+            self.__dict__["_cold_cache"] = cached
+        return cached[2], cached[3]
 
     def redraw_cold_negatives(self, interaction: Any) -> Any:
         """``interaction`` with each sampled negative (RecBole's ``neg_<item_id>`` field) that is a cold item
         (``cold_items``, see :meth:`excluded_negatives`) redrawn uniformly from the other items, in a copy: the
-        caller's is untouched. Called by the training ``calculate_loss`` before the host reads the batch."""
-        if self.options.cold_dropout <= 0 or not bool(self.cold_items.any()):
+        caller's is untouched. Called by the training ``calculate_loss`` before the host reads the batch.
+        Ids outside the catalogue pass through unchanged, for the host model to report."""
+        if self.options.cold_dropout <= 0:
+            return interaction
+        cold, allowed = self._cold_lookup()
+        if cold is None or allowed is None:
             return interaction
         field = getattr(self.model, "NEG_ITEM_ID", None)
         try:
             negatives = interaction[field]
         except (KeyError, TypeError, IndexError, AttributeError):
             return interaction
-        cold = self.cold_items[:, 0]
-        if not isinstance(negatives, torch.Tensor) or negatives.is_floating_point() or not negatives.numel() \
-                or int(negatives.max()) >= cold.shape[0] or int(negatives.min()) < 0:
-            return interaction  # not item ids of this catalogue: the host model says what is wrong
-        hit = cold.to(negatives.device)[negatives]
-        if not bool(hit.any()):
+        if not isinstance(negatives, torch.Tensor) or negatives.is_floating_point() or not negatives.numel():
             return interaction
-        allowed = torch.nonzero(~cold).flatten()
-        allowed = allowed[allowed != 0].to(negatives.device)  # 0 is padding
-        if not allowed.numel():
+        cold, allowed = cold.to(negatives.device), allowed.to(negatives.device)
+        inside = (negatives >= 0) & (negatives < cold.shape[0])
+        hit = cold[negatives.clamp(0, cold.shape[0] - 1)] & inside
+        if not bool(hit.any()):  # one synchronisation; a sampler that already avoids cold items draws nothing here
             return interaction
-        draw = allowed[torch.randint(allowed.numel(), (int(hit.sum()),), device=negatives.device)]
-        redrawn = negatives.masked_scatter(hit, draw.to(negatives.dtype))
+        draw = allowed[torch.randint(allowed.numel(), negatives.shape, device=negatives.device)]
+        redrawn = torch.where(hit, draw.to(negatives.dtype), negatives)
         if hasattr(interaction, "interaction") and isinstance(interaction.interaction, dict):  # RecBole's Interaction
             out = copy.copy(interaction)
             out.interaction = {**interaction.interaction, field: redrawn}
@@ -597,7 +618,7 @@ class FusionAdapter(nn.Module):
             if callable(getattr(model, name, None)):
                 model.__dict__[name] = _Scoped(self, model.__dict__.get(name) or _unbound(model, name), name)
         if self.options.cold_dropout > 0 and isinstance(getattr(model, "loss_fct", None), nn.CrossEntropyLoss):
-            model.loss_fct = _ColdMaskedLoss(model.loss_fct, self)
+            model.loss_fct = _ColdMaskedLoss(model.loss_fct, self.excluded_negatives)
         self.train(model.training)  # a model attached in eval mode stays in eval mode
 
     def uninstall(self, model: nn.Module) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusionlayer.adapters.base import FusionAdapter
+from fusionlayer.adapters.base import FusionAdapter, _ColdMaskedLoss
 from benchmarks import compat
 from benchmarks.cli_args import names, set_threads
 from benchmarks.provenance import provenance
@@ -117,22 +117,21 @@ def keep_unseen_items_out_of_training(model, train_data, unseen: np.ndarray) -> 
     if sampler is not None and hasattr(sampler, "item_num"):
         allowed = np.setdiff1d(np.arange(1, sampler.item_num), unseen)
         sampler._uni_sampling = lambda n: allowed[np.random.randint(0, len(allowed), n)]
-    if isinstance(getattr(model, "loss_fct", None), torch.nn.CrossEntropyLoss):
+    loss = getattr(model, "loss_fct", None)
+    if isinstance(loss, torch.nn.CrossEntropyLoss):  # not when attach(..., cold_dropout>0) already masks it (the same rule)
         mask = torch.zeros(model.n_items, dtype=torch.bool)
         mask[torch.as_tensor(unseen)] = True
-        model.loss_fct = _MaskedCrossEntropy(model.loss_fct, mask)
+        model.loss_fct = _ColdMaskedLoss(loss, _FixedMask(mask))
 
 
-class _MaskedCrossEntropy(torch.nn.Module):
-    """Cross-entropy over the catalogue with some items' logits removed (-inf)."""
+class _FixedMask:
+    """The held-out items, for :class:`_ColdMaskedLoss` (which asks for its mask at every loss)."""
 
-    def __init__(self, loss: torch.nn.Module, mask: torch.Tensor) -> None:
-        super().__init__()
-        self.loss = loss
-        self.register_buffer("mask", mask, persistent=False)
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.loss(logits.masked_fill(self.mask.to(logits.device), float("-inf")), target)
+    def __call__(self) -> torch.Tensor:
+        return self.mask
 
 
 def split_metrics(ranks: dict[str, np.ndarray], targets: np.ndarray, cold_ids: np.ndarray) -> dict:

@@ -111,6 +111,9 @@ def test_items_unseen_in_training_are_never_negatives_nor_logits():
     keep = [i for i in range(10) if i not in unseen]
     expected = torch.nn.functional.cross_entropy(logits[:, keep], torch.tensor([keep.index(int(t)) for t in target]))
     torch.testing.assert_close(model.loss_fct(logits, target), expected)
+    wrapped = model.loss_fct
+    coldstart.keep_unseen_items_out_of_training(model, SimpleNamespace(_sampler=None), unseen)
+    assert model.loss_fct is wrapped  # a loss that already leaves items out (attach's cold_dropout) is not wrapped twice
 
 
 def test_split_metrics_orders_cold_cases_by_user_and_old_lines_still_read():

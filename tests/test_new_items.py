@@ -193,7 +193,8 @@ def test_cold_softmax_mask_keeps_targets_and_follows_label_smoothing(setups):
     adapter._scope = {"training_loss": True}
     try:
         for smoothing in (0.0, 0.1):
-            loss = _ColdMaskedLoss(torch.nn.CrossEntropyLoss(label_smoothing=smoothing), adapter)(logits, target)
+            loss = _ColdMaskedLoss(torch.nn.CrossEntropyLoss(label_smoothing=smoothing), adapter.excluded_negatives)(
+                logits, target)
             keep = torch.ones(n, dtype=torch.bool)
             keep[3] = False  # 5 is a target: kept
             column = keep.cumsum(0) - 1
@@ -232,6 +233,29 @@ def test_sampled_negatives_that_are_cold_are_redrawn_in_training(name, setups):
     assert torch.equal(redrawn[1::2], given[1::2])  # warm negatives as sampled
     plain = attached(name, setups)[0]  # without cold_dropout: negatives as sampled
     assert plain.fusion_adapter.redraw_cold_negatives(batch) is batch
+
+
+def test_the_cold_lookup_follows_cold_items_when_they_grow_or_change_in_place(setups):
+    """The mask and the redraw pool are cached per state of ``cold_items``: adding items, replacing the buffer or
+    editing it in place is seen at the next step; an id outside the catalogue passes through for the host to report."""
+    model, train, batch, _ = attached("BPR", setups, cold_dropout=0.3)
+    adapter, field = model.fusion_adapter, model.NEG_ITEM_ID
+    n = model.n_items
+    adapter.cold_items = torch.zeros(n, 1, dtype=torch.bool)
+    assert adapter._cold_lookup() == (None, None)
+    given = torch.full_like(batch[field], 7)
+    probe = Interaction({**batch.interaction, field: given})
+    assert adapter.redraw_cold_negatives(probe) is probe                      # nothing cold: untouched
+    adapter.cold_items[7] = True                                              # in place
+    redrawn = adapter.redraw_cold_negatives(probe)[field]
+    assert not (redrawn == 7).any() and (redrawn != 0).all()
+    new = fusionlayer.add_items(model, new_rows(2), ["n1", "n2"])             # grown
+    mask, allowed = adapter._cold_lookup()
+    assert mask.shape == (n + 2,) and mask[new].all() and mask[7] and not torch.isin(allowed, torch.tensor([0, 7, *new])).any()
+    outside = given.clone()
+    outside[0] = n + 50
+    out = adapter.redraw_cold_negatives(Interaction({**batch.interaction, field: outside}))[field]
+    assert out[0] == n + 50 and not (out[1:] == 7).any()
 
 
 def test_items_seen_only_in_training_histories_are_not_cold():
