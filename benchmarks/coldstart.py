@@ -192,7 +192,21 @@ def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_token
             **split_metrics(ranks, targets, cold_ids), "cold_items": int(len(cold_ids)),
             "epochs_run": trained.get("epochs_run"), "best_epoch": trained.get("best_epoch"), "protocol": PROTOCOL,
             **({} if knn else {"patience": int(config["stopping_step"])}),
+            **({"fusion": compat.resolved_recipe(model, fusion)} if variant.startswith("fusion") else {}),
             "test": {}, **provenance("benchmarks.coldstart", args.argv, args.device)}
+
+
+def same_recipe(row: dict, cold_dropout: float | None = None) -> bool:
+    """Whether a recorded +fusion line used the recipe a run would use today: attach()'s defaults for its backbone,
+    with ``cold_dropout`` for fusion+cold (the line's own when None). A default adopted since makes the line stale:
+    the benchmark re-runs it and the report leaves it out. Lines written before the recipe was recorded count as
+    current; when a default changes, they are moved to ``results/history/`` by hand."""
+    if "fusion" not in row or not str(row.get("variant", "")).startswith("fusion"):
+        return True
+    fusion = compat.load_hparams()["fusion"]
+    if row["variant"] == "fusion+cold":
+        fusion = {**fusion, "cold_dropout": row["fusion"].get("cold_dropout") if cold_dropout is None else cold_dropout}
+    return row["fusion"] == compat.resolved_recipe(row["model"], fusion)
 
 
 def _targets(test_data) -> np.ndarray:
@@ -248,7 +262,7 @@ def main(argv=None) -> int:
         args.cold_name, cold = write_cold_dataset(filtered_interactions(args, hparams), args.work,
                                                   f"{args.dataset}-cold{args.cold_seed}", args.cold_seed)
         done = {(r["model"], r["variant"], int(r["seed"])) for r in read_results(args.out)
-                if r["model"] == "ContentKNN" or r.get("protocol") == PROTOCOL}  # no training: no protocol
+                if r["model"] == "ContentKNN" or (r.get("protocol") == PROTOCOL and same_recipe(r, args.cold_dropout))}
         for seed in args.seeds:
             for model in args.models:
                 for variant in [v for v in variants(model) if v in args.variants]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from benchmarks.figures import save_png, subplots
 from benchmarks.provenance import atomic_write_bytes, runs_summary
-from benchmarks.coldstart import PROTOCOL
+from benchmarks.coldstart import PROTOCOL, same_recipe
 from benchmarks.queue import read_results
 from benchmarks.report import group as report_group
 from benchmarks.report import mean_std, update_readme
@@ -153,7 +153,8 @@ def provenance_line(rows: list[dict]) -> str:
 def report(results: Path, quick: bool = False) -> tuple[str, str]:
     """(full markdown report, README section); writes ``<results>.md`` and ``<results>.png``."""
     rows = [r for r in read_results(results) if bool(r.get("quick")) == quick
-            and (r["model"] == "ContentKNN" or r.get("protocol") == PROTOCOL)]  # older protocols: history/
+            and (r["model"] == "ContentKNN" or r.get("protocol") == PROTOCOL)  # older protocols: history/
+            and same_recipe(r)]  # a +fusion line whose recipe is no longer attach()'s default: stale
     groups = group(rows, quick)
     rel = os.path.relpath(results, HERE.parent)
     body = [provenance_line(rows), "",

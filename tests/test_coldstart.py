@@ -70,6 +70,27 @@ def test_report_verdicts_follow_the_targets(tmp_path):
     assert "**not measured**" in sasrec and not any(line.startswith("- **GRU4Rec**") for line in full.splitlines())
 
 
+def test_a_fusion_line_with_an_earlier_default_recipe_is_stale(tmp_path, monkeypatch):
+    """A +fusion line records attach()'s resolved recipe; once a backbone's default changes, the benchmark re-runs it
+    and the report leaves it out. A line from before the recipe was recorded counts as current."""
+    from benchmarks import compat
+
+    current = compat.resolved_recipe("BPR", compat.load_hparams()["fusion"])
+    cold = {**current, "cold_dropout": 0.3}
+    rows = [{**_row("BPR", "fusion", 0, [0.05] * 6, 0.07), "protocol": coldstart.PROTOCOL, "fusion": current},
+            {**_row("BPR", "fusion+cold", 0, [0.05] * 6, 0.07), "protocol": coldstart.PROTOCOL, "fusion": cold},
+            {**_row("BPR", "plain", 0, [0.0] * 6, 0.07), "protocol": coldstart.PROTOCOL}]
+    assert all(coldstart.same_recipe(r) for r in rows) and coldstart.same_recipe(rows[1], 0.3)
+    assert not coldstart.same_recipe(rows[1], 0.5)                                 # another --cold-dropout: re-run
+    stale = {**rows[0], "seed": 1, "fusion": {**current, "hidden_size": current["hidden_size"] * 2}}
+    legacy = {k: v for k, v in {**rows[0], "seed": 2}.items() if k != "fusion"}
+    assert not coldstart.same_recipe(stale) and coldstart.same_recipe(legacy)
+    out = tmp_path / "coldstart.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in [*rows, stale, legacy]))
+    full, _ = coldstart_report.report(out)
+    assert "| BPR | fusion | 0,2 |" in full                                         # seed 1's stale line left out
+
+
 def test_report_counts_a_duplicated_run_once(tmp_path):
     rows = [_row("BPR", "plain", 0, [0.01] * 6, 0.07)] * 2
     with pytest.warns(UserWarning, match="duplicate run"):
