@@ -509,17 +509,14 @@ class FusionAdapter(nn.Module):
         """(the cold mask or None when no item is cold, the ids a cold negative is redrawn from), computed
         once per state of ``cold_items`` (kept until the buffer is replaced, moved or edited in place), so
         a training step does not synchronise with the device or scan the catalogue to find them."""
-        cold = self.cold_items
-        key = (id(cold), cold._version, cold.device)
+        cold = self.cold_items  # replaced (add_items, .to()) or edited in place (its _version): recomputed
         cached = self.__dict__.get("_cold_cache")
-        if cached is None or cached[0] != key or cached[1] is not cold:
+        if cached is None or cached[0] is not cold or cached[1] != cold._version:
             column = cold[:, 0]
-            if bool(column.any()):
-                allowed = torch.nonzero(~column).flatten()
-                allowed = allowed[allowed != 0]  # 0 is padding
-                cached = (key, cold, column, allowed if allowed.numel() else None)
-            else:
-                cached = (key, cold, None, None)
+            allowed = torch.nonzero(~column).flatten()
+            allowed = allowed[allowed != 0]  # 0 is padding
+            found = (column, allowed if allowed.numel() else None) if bool(column.any()) else (None, None)
+            cached = (cold, cold._version, *found)
             self.__dict__["_cold_cache"] = cached
         return cached[2], cached[3]
 

@@ -137,14 +137,13 @@ def pick(dataset: str, space: dict) -> dict:
     """Per backbone: every candidate's validation NDCG@10, the pick, and the plain baseline's."""
     main = [r for r in compat.read_results(compat.RESULTS / f"compat-{dataset}.jsonl")
             if r["variant"] == "plain" and int(r["seed"]) == space["seed"] and not r.get("quick")]
-    picks = {}
+    picks, pickable = {}, pickable_candidates(space)
     for model in space["models"]:
         rows = {r["candidate"]: r for r in compat.read_results(results_path(dataset, model))}
         if not rows:
             continue
         scores = {name: r["valid"]["full"]["ndcg@10"] for name, r in rows.items()}
         options = {c["name"]: c["options"] for c in space["candidates"]}
-        pickable = pickable_candidates(space)
         best = max((name for name in scores if name in pickable), key=scores.get, default="default")
         plain = next((r["valid"]["full"]["ndcg@10"] for r in main if r["model"] == model), None)
         complete = pickable <= set(rows)
