@@ -117,18 +117,29 @@ def confirm(args, space: dict) -> None:
     """Train a backbone's pick (when it is not 'default') and the default on the space's ``confirm_seeds``.
 
     Both are +fusion runs of the grid's protocol; the default's are the grid's own runs when identical
-    (reused). Their validation scores decide whether the pick becomes the library's default (:func:`pick`)."""
+    (reused). Their validation scores decide whether the pick becomes the library's default (:func:`pick`).
+
+    With ``args.candidates``, those candidates are trained on the confirm seeds now, whether or not the search is
+    complete and whatever it picks (a second lane can run them while the search's last runs train). This changes
+    nothing in the decision: :func:`pick` still adopts only the search's own pick, and reads only its runs."""
     hparams = compat.load_hparams()
     grid = compat.RESULTS / f"compat-{args.dataset}.jsonl"
     by_name = {c["name"]: c for c in space["candidates"]}
-    for model, p in pick(args.dataset, space).items():
-        if model not in args.models or p["pick"] == "default":
+    named = [name for name in (getattr(args, "candidates", None) or []) if name != "default"]
+    picks = pick(args.dataset, space)
+    for model in args.models:
+        p = picks.get(model, {"pick": "default", "complete": False})
+        if named:
+            wanted = named
+        elif p["pick"] == "default":
             continue
-        if not p["complete"]:
+        elif not p["complete"]:
             logger.info("%s: the search is not complete; its pick is confirmed once it is", model)
             continue
+        else:
+            wanted = [p["pick"]]
         for seed in space.get("confirm_seeds", []):
-            for name in ("default", p["pick"]):
+            for name in ("default", *wanted):
                 _record(confirm_path(args.dataset, model), model, by_name[name], seed, args,
                         _recipe(hparams, by_name[name]), grid)
 
@@ -253,14 +264,16 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--candidates", default=None,
-                        help="comma-separated candidate names from space.json to run (default: all, in order)")
+                        help="comma-separated candidate names from space.json to run (default: all, in order); "
+                             "with --confirm, run these candidates' confirmation seeds now, before the search is "
+                             "complete (adoption still follows the search's pick)")
     parser.add_argument("--pick", action="store_true", help="only write picks.json from the recorded runs")
     parser.add_argument("--confirm", action="store_true",
                         help="run each finished search's pick (when not 'default') and the default on the space's "
                              "confirm_seeds; the pick becomes the library default only if its mean validation wins")
     args = parser.parse_args(argv)
-    if args.confirm and (args.pick or args.candidates):
-        parser.error("--confirm runs the finished searches' picks; it takes neither --pick nor --candidates")
+    if args.confirm and args.pick:
+        parser.error("--confirm runs confirmation seeds and --pick only reads recorded runs: give one of them")
     args.models = names(parser, args.models, BACKBONES, "--models")
     space = load_space()
     if args.candidates is not None:

@@ -130,9 +130,39 @@ def test_search_runs_only_the_chosen_unrecorded_unclaimed_candidates(tmp_path, m
     assert held.exists() and not (out.with_name(out.name + ".claims") / "FPMC__c__0.json").exists()
     with pytest.raises(SystemExit):
         tune.main(["--candidates", "nope", "--pick"])
-    for argv in (["--confirm", "--pick"], ["--confirm", "--candidates", "a"]):
+    for argv in (["--confirm", "--pick"], ["--confirm", "--candidates", "nope"]):
         with pytest.raises(SystemExit):
             tune.main(argv)
+
+
+def test_confirm_with_named_candidates_runs_their_seeds_early_and_adopts_only_the_searchs_own_pick(tmp_path, monkeypatch):
+    """``tune --confirm --candidates b`` trains b and the default on the confirm seeds while the search is still
+    incomplete (plain --confirm waits); the decision still belongs to the search: once it picks c, b's confirmation
+    runs do not confirm c, and a winning b is never adopted."""
+    monkeypatch.setattr(tune, "TUNING", tmp_path)
+    monkeypatch.setattr(compat, "RESULTS", tmp_path)
+    trained = []
+
+    def fake_run(model, variant, seed, args, recipe, state_dir=None):
+        trained.append((recipe["fusion"].get("output_scale", 1.0), seed))
+        return _run(model, None, 0.09 if recipe["fusion"].get("output_scale") == 2.0 else 0.05, 0.05, seed=seed)
+
+    monkeypatch.setattr(compat, "run_one", fake_run)
+    space = {"seed": 0, "confirm_seeds": [1, 2], "models": ["FPMC"], "candidates": [
+        {"name": "default", "options": {}}, {"name": "b", "options": {"output_scale": 2.0}},
+        {"name": "c", "options": {"output_scale": 4.0}}]}
+    search = tune.results_path("ml-100k", "FPMC")
+    search.write_text("".join(json.dumps(r) + "\n" for r in (_run("FPMC", "default", 0.05, 0.05), _run("FPMC", "b", 0.06, 0.05))))
+    args = type("Args", (), {"models": ["FPMC"], "dataset": "ml-100k", "candidates": None})()
+    tune.confirm(args, space)
+    assert trained == []                                                      # c not run yet: the pick is not final
+    args.candidates = ["b"]
+    tune.confirm(args, space)
+    assert sorted(trained) == [(1.0, 1), (1.0, 2), (2.0, 1), (2.0, 2)]
+    with search.open("a") as f:
+        f.write(json.dumps(_run("FPMC", "c", 0.07, 0.05)) + "\n")
+    picks = tune.pick("ml-100k", space)["FPMC"]
+    assert (picks["pick"], picks["complete"], picks["confirmation"], picks["adopted"]) == ("c", True, None, "default")
 
 
 def test_the_grid_reuses_the_searchs_identical_run_of_a_picked_default(tmp_path, monkeypatch):
