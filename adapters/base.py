@@ -512,10 +512,11 @@ class FusionAdapter(nn.Module):
         cold = self.cold_items  # replaced (add_items, .to()) or edited in place (its _version): recomputed
         cached = self.__dict__.get("_cold_cache")
         if cached is None or cached[0] is not cold or cached[1] != cold._version:
-            column = cold[:, 0]
-            allowed = torch.nonzero(~column).flatten()
-            allowed = allowed[allowed != 0]  # 0 is padding
-            found = (column, allowed if allowed.numel() else None) if bool(column.any()) else (None, None)
+            column, found = cold[:, 0], (None, None)
+            if bool(column.any()):  # no cold item: nothing to mask, no redraw pool to build
+                allowed = torch.nonzero(~column).flatten()
+                allowed = allowed[allowed != 0]  # 0 is padding
+                found = (column, allowed if allowed.numel() else None)
             cached = (cold, cold._version, *found)
             self.__dict__["_cold_cache"] = cached
         return cached[2], cached[3]

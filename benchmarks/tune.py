@@ -128,10 +128,10 @@ def confirm(args, space: dict) -> None:
     named = [name for name in (getattr(args, "candidates", None) or []) if name != "default"]
     picks = pick(args.dataset, space)
     for model in args.models:
-        p = picks.get(model, {"pick": "default", "complete": False})
+        p = picks.get(model)
         if named:
             wanted = named
-        elif p["pick"] == "default":
+        elif p is None or p["pick"] == "default":
             continue
         elif not p["complete"]:
             logger.info("%s: the search is not complete; its pick is confirmed once it is", model)
