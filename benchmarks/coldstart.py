@@ -19,6 +19,7 @@ cosine similarity of a candidate's features to the user's most recent items (no 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import random
 import shutil
@@ -157,8 +158,9 @@ def state_dir(args, model: str, variant: str, seed: int) -> Path:
     return compat.run_state_dir(args.out, (model, variant, seed, f"cold{args.cold_seed}", PROTOCOL, bool(args.quick)))
 
 
-def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_tokens: set[str]) -> dict:
-    """Train (unless ContentKNN) on the cold-start dataset and rank the test users."""
+def build_cold_run(model: str, variant: str, seed: int, args, hparams: dict, cold_tokens: set[str]):
+    """``(config, data, net, recipe, cold_ids, train_counts)`` of one cold-start run, before training: the model is
+    built (and attached) on the held-out dataset exactly as :func:`run_one` trains it (ContentKNN: its scorer)."""
     fusion = {**hparams["fusion"], **({"cold_dropout": args.cold_dropout} if variant == "fusion+cold" else {})}
     recipe = {**hparams, "fusion": fusion}
     knn = model == "ContentKNN"
@@ -169,31 +171,123 @@ def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_token
     config, dataset, data, built = compat.build_run("SASRec" if knn else model, "plain" if knn else variant.split("+")[0],
                                                     seed, run_args, recipe, data_root=args.work,
                                                     dataset_name=args.cold_name, extra=extra)
-    train_data, valid_data, test_data = data
+    train_data = data[0]
     counts = np.bincount(train_data.dataset.inter_feat[train_data.dataset.iid_field].numpy(),
                          minlength=train_data.dataset.item_num)
-    if knn:
-        tables = compat.load_tables("ml-100k", train_data.dataset, run_args, hparams)
-        net, trained = ContentKNN(tables, built.ITEM_SEQ, built.USER_ID), {"epochs_run": 0}
-    else:
-        seen = FusionAdapter.training_items(train_data.dataset, train_data.dataset.item_num).numpy()
-        keep_unseen_items_out_of_training(built, train_data, np.flatnonzero(~seen[1:]) + 1)  # attach's cold items
-        fingerprint = {"model": model, "variant": variant, "seed": seed, "cold_seed": args.cold_seed, "protocol": PROTOCOL,
-                       "quick": bool(args.quick), "recipe": recipe, "device": args.device}
-        net, trained = built, compat.train_and_rank(config, built, data, args.device, seed,
-                                                    state_dir=state_dir(args, model, variant, seed), fingerprint=fingerprint)
-        trained.pop("ranks")
-    ranks = rank_users(net, test_data, counts, args.device, seed) if knn else \
-        rank_users(built, test_data, counts, args.device, seed)
     tokens = train_data.dataset.field2id_token[train_data.dataset.iid_field]
     cold_ids = np.array([i for i, t in enumerate(tokens) if t in cold_tokens])
+    if knn:
+        tables = compat.load_tables("ml-100k", train_data.dataset, run_args, hparams)
+        return config, data, ContentKNN(tables, built.ITEM_SEQ, built.USER_ID), recipe, cold_ids, counts
+    seen = FusionAdapter.training_items(train_data.dataset, train_data.dataset.item_num).numpy()
+    keep_unseen_items_out_of_training(built, train_data, np.flatnonzero(~seen[1:]) + 1)  # attach's cold items
+    return config, data, built, recipe, cold_ids, counts
+
+
+def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_tokens: set[str]) -> dict:
+    """Train (unless ContentKNN) on the cold-start dataset and rank the test users."""
+    config, data, net, recipe, cold_ids, counts = build_cold_run(model, variant, seed, args, hparams, cold_tokens)
+    test_data = data[2]
+    if model == "ContentKNN":
+        trained = {"epochs_run": 0}
+    else:
+        fingerprint = {"model": model, "variant": variant, "seed": seed, "cold_seed": args.cold_seed, "protocol": PROTOCOL,
+                       "quick": bool(args.quick), "recipe": recipe, "device": args.device}
+        trained = compat.train_and_rank(config, net, data, args.device, seed,
+                                        state_dir=state_dir(args, model, variant, seed), fingerprint=fingerprint)
+        trained.pop("ranks")
+    ranks = rank_users(net, test_data, counts, args.device, seed)
     targets = _targets(test_data)
+    # where cold targets go wrong (issue 15): content-only scores of every item, and the rank among cold items
+    probed = {"probe": probe_content(net, test_data, cold_ids, args.device)} if variant == "fusion+cold" else {}
     return {"dataset": args.dataset, "model": model, "variant": variant, "seed": seed, "quick": bool(args.quick),
             **split_metrics(ranks, targets, cold_ids), "cold_items": int(len(cold_ids)),
             "epochs_run": trained.get("epochs_run"), "best_epoch": trained.get("best_epoch"), "protocol": PROTOCOL,
-            **({} if knn else {"patience": int(config["stopping_step"])}),
-            **({"fusion": compat.resolved_recipe(model, fusion)} if variant.startswith("fusion") else {}),
-            "test": {}, **provenance("benchmarks.coldstart", args.argv, args.device)}
+            **({} if model == "ContentKNN" else {"patience": int(config["stopping_step"])}),
+            **({"fusion": compat.resolved_recipe(model, recipe["fusion"])} if variant.startswith("fusion") else {}),
+            **probed, "test": {}, **provenance("benchmarks.coldstart", args.argv, args.device)}
+
+
+def probe_content(model, test_data, cold_ids: np.ndarray, device: str = "cpu") -> dict:
+    """Where an attached model trained with ``cold_dropout`` puts the test targets, scored three ways.
+
+    - ``full``: as evaluated (cold items from content alone, warm items ID + content);
+    - ``content_only``: every item scored from its content alone (every item flagged cold for the pass);
+    - ``among_cold``: the cold target's rank among the cold items only (content against content).
+
+    Ranks start at 1 and exclude padding and the user's history, as :func:`rank_users` does. Reports the median
+    rank and the hits in the top 10 per group (``cold``/``warm``), and the mean norm of the content's part of
+    the item embeddings (``content_norm``) for warm and cold items: a content path that scores warm items
+    almost as well as the whole model but cold ones far worse has learnt the warm items, not content."""
+    adapter = getattr(model, "fusion_adapter", None)
+    if adapter is None or adapter.options.cold_dropout <= 0:
+        raise ValueError("probe_content needs a model attached with cold_dropout > 0 (content-only scoring hides "
+                         "ID embeddings through it); got "
+                         + ("no attached adapter" if adapter is None else f"cold_dropout={adapter.options.cold_dropout}"))
+    model.eval()
+    flagged = adapter.cold_items
+    cold = torch.zeros(flagged.shape[0], dtype=torch.bool)
+    cold[torch.as_tensor(cold_ids, dtype=torch.long)] = True
+
+    def scores(flags: torch.Tensor, interaction, history_index) -> torch.Tensor:
+        adapter.cold_items = flags  # the buffer every content-alone decision reads
+        adapter.clear_cache()
+        out = model.full_sort_predict(interaction).view(len(interaction), -1).float().cpu()
+        out[:, 0] = -torch.inf
+        if history_index is not None:
+            out[history_index] = -torch.inf
+        return out
+
+    ranks: dict[str, list[np.ndarray]] = {"full": [], "content_only": [], "among_cold": []}
+    target_is_cold: list[np.ndarray] = []
+    try:
+        with torch.no_grad():
+            for interaction, history_index, positive_u, positive_i in test_data:
+                interaction = interaction.to(device)
+                full = scores(flagged, interaction, history_index)
+                content = scores(torch.ones_like(flagged), interaction, history_index)
+                target = torch.full((len(interaction),), -1, dtype=torch.long)
+                target[positive_u] = positive_i
+                rows = torch.nonzero(target >= 0).flatten()
+                t = target[rows].unsqueeze(1)
+                for name, s in (("full", full[rows]), ("content_only", content[rows]),
+                                ("among_cold", content[rows].masked_fill(~cold, -torch.inf))):
+                    ranks[name].append((s > s.gather(1, t)).sum(1).numpy())
+                target_is_cold.append(cold[t.squeeze(1)].numpy())
+            adapter.cold_items = flagged
+            adapter.clear_cache()
+            norms = adapter.item_delta(sorted(adapter.item_out)[0]).norm(dim=1).cpu()
+    finally:
+        adapter.cold_items = flagged
+        adapter.clear_cache()
+    is_cold = np.concatenate(target_is_cold) if target_is_cold else np.zeros(0, dtype=bool)
+    warm_items = ~cold
+    warm_items[0] = False  # padding
+    out: dict = {}
+    for group, rows in (("cold", is_cold), ("warm", ~is_cold)):
+        out[group] = {"users": int(rows.sum())}
+        for name, parts in ranks.items():
+            r = np.concatenate(parts)[rows] if parts else np.zeros(0)
+            if name == "among_cold" and group == "warm":
+                continue
+            out[group][name] = {"median_rank": float(np.median(r) + 1) if r.size else None, "hits@10": int((r < 10).sum())}
+    out["content_norm"] = {"warm": round(float(norms[warm_items].mean()), 4) if warm_items.any() else None,
+                           "cold": round(float(norms[cold].mean()), 4) if cold.any() else None}
+    return out
+
+
+def probe_checkpoint(args, hparams: dict, cold_tokens: set[str]) -> dict:
+    """:func:`probe_content` of a saved fusion+cold model (a run's ``best.pth``), with the run's identity."""
+    from fusionlayer.recbole_compat import load_checkpoint
+
+    model, seed = args.models[0], args.seeds[0]
+    _, data, net, recipe, cold_ids, _ = build_cold_run(model, "fusion+cold", seed, args, hparams, cold_tokens)
+    net.load_state_dict(load_checkpoint(args.probe_checkpoint, map_location=args.device)["state_dict"])
+    digest = hashlib.sha256(args.probe_checkpoint.read_bytes()).hexdigest()
+    return {"dataset": args.dataset, "model": model, "variant": "fusion+cold", "seed": seed, "quick": bool(args.quick),
+            "protocol": PROTOCOL, "fusion": compat.resolved_recipe(model, recipe["fusion"]),
+            "checkpoint_sha256": digest, "probe": probe_content(net, data[2], cold_ids, args.device),
+            **provenance("benchmarks.coldstart", args.argv, args.device)}
 
 
 def same_recipe(row: dict, cold_dropout: float | None = None) -> bool:
@@ -232,12 +326,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--probe-checkpoint", type=Path, default=None,
+                        help="instead of training: load this best.pth of one fusion+cold run (one --models, one --seeds) "
+                             "and append its probe_content() to coldstart-probe-<dataset>.jsonl")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.models = names(parser, args.models, MODELS, "--models")
     args.variants = set(names(parser, args.variants, ["plain", "fusion", "fusion+cold", "standalone"], "--variants"))
     args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     args.out = args.out or RESULTS / f"coldstart-{args.dataset}{'-quick' if args.quick else ''}.jsonl"
+    if args.probe_checkpoint is not None:
+        if len(args.models) != 1 or len(args.seeds) != 1 or args.models[0] in ("ContentKNN", "M2SR"):
+            parser.error(f"--probe-checkpoint needs one attached backbone in --models and one seed in --seeds; got "
+                         f"--models {','.join(args.models)} --seeds {','.join(map(str, args.seeds))}")
+        if not args.probe_checkpoint.is_file():
+            parser.error(f"--probe-checkpoint {args.probe_checkpoint}: no such file (a run's best.pth, under "
+                         f"<results>.runs/<run>/ while it trains)")
     return args
 
 
@@ -261,6 +365,10 @@ def main(argv=None) -> int:
             args.data_root = args.work
         args.cold_name, cold = write_cold_dataset(filtered_interactions(args, hparams), args.work,
                                                   f"{args.dataset}-cold{args.cold_seed}", args.cold_seed)
+        if args.probe_checkpoint is not None:
+            append_result(args.out.with_name(args.out.name.replace("coldstart-", "coldstart-probe-", 1)),
+                          probe_checkpoint(args, hparams, cold))
+            return 0
         done = {(r["model"], r["variant"], int(r["seed"])) for r in read_results(args.out)
                 if r["model"] == "ContentKNN" or (r.get("protocol") == PROTOCOL and same_recipe(r, args.cold_dropout))}
         for seed in args.seeds:

@@ -112,6 +112,10 @@ def test_coldstart_quick_end_to_end(tmp_path):
         assert row["per_user_cold_users"] == sorted(row["per_user_cold_users"])  # aligned by user id across runs
         assert all(isinstance(x, float) for x in row["per_user_cold_ndcg"])
         assert {"commit", "device", "date", "command"} <= set(row)
+        assert ("probe" in row) == (row["variant"] == "fusion+cold")  # where the cold targets go wrong
+    probe = next(r for r in rows if r["variant"] == "fusion+cold")["probe"]
+    assert probe["cold"]["users"] == next(r for r in rows if r["variant"] == "fusion+cold")["cold"]["users"]
+    assert set(probe["warm"]) == {"users", "full", "content_only"} and probe["content_norm"]["warm"] > 0
     # one patience for every trained run (here --quick's), whatever a backbone's own in compat_config.json
     assert {r["patience"] for r in rows if r["model"] == "BPR"} == {1}
     assert all("patience" not in r for r in rows if r["model"] == "ContentKNN")
@@ -149,3 +153,71 @@ def test_split_metrics_orders_cold_cases_by_user_and_old_lines_still_read():
     assert coldstart_report.cold_ndcg_by_user(old) == {3: 0.5, 1: 0.0}
     with pytest.raises(ValueError, match="per_user_cold_users"):
         coldstart_report.cold_ndcg_by_user({"model": "BPR", "per_user_cold_ndcg": [0.1, 0.2]})
+
+
+class _StubAdapter(torch.nn.Module):
+    """Content alone scores item i as content[i]; with its ID, ID[i] is added (as FusionAdapter's cold_items decide)."""
+
+    def __init__(self, n_items: int, flagged: list[int]) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.options = SimpleNamespace(cold_dropout=0.3)
+        cold = torch.zeros(n_items, 1, dtype=torch.bool)
+        cold[flagged] = True
+        self.register_buffer("cold_items", cold)
+        self.item_out = torch.nn.ModuleDict({"item_embedding": torch.nn.Linear(1, 1)})
+        self.cleared = 0
+
+    def clear_cache(self) -> None:
+        self.cleared += 1
+
+    def item_delta(self, name: str) -> torch.Tensor:
+        return torch.arange(self.cold_items.shape[0], dtype=torch.float).unsqueeze(1)  # item i's content norm: i
+
+
+class _StubModel(torch.nn.Module):
+    def __init__(self, content: torch.Tensor, ids: torch.Tensor, flagged: list[int]) -> None:
+        super().__init__()
+        self.fusion_adapter = _StubAdapter(content.shape[1], flagged)
+        self.content, self.ids = content, ids
+
+    def full_sort_predict(self, interaction):
+        hidden = self.fusion_adapter.cold_items[:, 0]
+        return (self.content + self.ids.masked_fill(hidden, 0.0)).flatten()
+
+
+class _Batch(dict):
+    def __len__(self) -> int:
+        return 2
+
+    def to(self, device):
+        return self
+
+
+def test_probe_content_ranks_targets_three_ways_and_restores_the_cold_flags():
+    # items 1..6; 5 and 6 are cold. User 0's target is cold item 5, user 1's is warm item 2.
+    content = torch.tensor([[0, 1, 2, 3, 4, 5, 6.0], [0, 6, 5, 4, 3, 2, 1.0]])
+    ids = torch.tensor([[0, 10, 10, 10, 10, 0, 0.0], [0, 0, 0, 0, 9, 0, 0.0]])
+    model = _StubModel(content, ids, flagged=[5, 6])
+    history = (torch.tensor([1]), torch.tensor([1]))  # user 1 already has item 1: never ranked
+    batches = [(_Batch(), history, torch.tensor([0, 1]), torch.tensor([5, 2]))]
+    out = coldstart.probe_content(model, batches, np.array([5, 6]))
+    # user 0, cold 5: full scores 11,12,13,14,5,6 -> rank 6; content only 1..6 -> rank 2; among cold (5, 6) -> 2
+    assert out["cold"] == {"users": 1, "full": {"median_rank": 6.0, "hits@10": 1},
+                           "content_only": {"median_rank": 2.0, "hits@10": 1},
+                           "among_cold": {"median_rank": 2.0, "hits@10": 1}}
+    # user 1, warm 2 (item 1 excluded): full 5,4,12,2,1 -> rank 2 (item 4 scores 12); content only 5,4,3,2,1 -> 1
+    assert out["warm"] == {"users": 1, "full": {"median_rank": 2.0, "hits@10": 1},
+                           "content_only": {"median_rank": 1.0, "hits@10": 1}}
+    assert out["content_norm"] == {"warm": 2.5, "cold": 5.5}  # items 1-4 and 5-6; padding left out
+    assert model.fusion_adapter.cold_items[:, 0].tolist() == [False] * 5 + [True, True]  # restored
+
+
+def test_probe_content_refuses_a_model_without_cold_dropout():
+    model = _StubModel(torch.zeros(1, 3), torch.zeros(1, 3), flagged=[])
+    model.fusion_adapter.options.cold_dropout = 0.0
+    with pytest.raises(ValueError, match="cold_dropout > 0"):
+        coldstart.probe_content(model, [], np.array([1]))
+    with pytest.raises(SystemExit):
+        coldstart.parse_args(["--probe-checkpoint", __file__, "--models", "BPR,SASRec", "--seeds", "0"])
