@@ -199,7 +199,8 @@ def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_token
     ranks = rank_users(net, test_data, counts, args.device, seed)
     targets = _targets(test_data)
     # where cold targets go wrong (issue 15): content-only scores of every item, and the rank among cold items
-    probed = {"probe": probe_content(net, test_data, cold_ids, args.device)} if variant == "fusion+cold" else {}
+    probed = {"probe": probe_content(net, test_data, cold_ids, args.device, full_data_counts(args, data[0].dataset))} \
+        if variant == "fusion+cold" else {}
     return {"dataset": args.dataset, "model": model, "variant": variant, "seed": seed, "quick": bool(args.quick),
             **split_metrics(ranks, targets, cold_ids), "cold_items": int(len(cold_ids)),
             "epochs_run": trained.get("epochs_run"), "best_epoch": trained.get("best_epoch"), "protocol": PROTOCOL,
@@ -208,7 +209,8 @@ def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_token
             **probed, "test": {}, **provenance("benchmarks.coldstart", args.argv, args.device)}
 
 
-def probe_content(model, test_data, cold_ids: np.ndarray, device: str = "cpu") -> dict:
+def probe_content(model, test_data, cold_ids: np.ndarray, device: str = "cpu",
+                  item_interactions: np.ndarray | None = None) -> dict:
     """Where an attached model trained with ``cold_dropout`` puts the test targets, scored three ways.
 
     - ``full``: as evaluated (cold items from content alone, warm items ID + content);
@@ -217,8 +219,11 @@ def probe_content(model, test_data, cold_ids: np.ndarray, device: str = "cpu") -
 
     Ranks start at 1 and exclude padding and the user's history, as :func:`rank_users` does. Reports the median
     rank and the hits in the top 10 per group (``cold``/``warm``), and the mean norm of the content's part of
-    the item embeddings (``content_norm``) for warm and cold items: a content path that scores warm items
-    almost as well as the whole model but cold ones far worse has learnt the warm items, not content."""
+    the item embeddings (``content_norm``) for warm and cold items, and of the warm items' ID part (``id_norm``,
+    when the embedding is wrapped): a content path that scores warm items almost as well as the whole model but
+    cold ones far worse has learnt the warm items, not content. With ``item_interactions`` (each internal id's
+    interaction count in the full data, before the held-out items lost theirs), ``target_interactions`` gives
+    the median count of the cold and the warm targets: whether cold targets are simply rarer."""
     adapter = getattr(model, "fusion_adapter", None)
     if adapter is None or adapter.options.cold_dropout <= 0:
         raise ValueError("probe_content needs a model attached with cold_dropout > 0 (content-only scoring hides "
@@ -240,6 +245,7 @@ def probe_content(model, test_data, cold_ids: np.ndarray, device: str = "cpu") -
 
     ranks: dict[str, list[np.ndarray]] = {"full": [], "content_only": [], "among_cold": []}
     target_is_cold: list[np.ndarray] = []
+    target_ids: list[np.ndarray] = []
     try:
         with torch.no_grad():
             for interaction, history_index, positive_u, positive_i in test_data:
@@ -254,9 +260,13 @@ def probe_content(model, test_data, cold_ids: np.ndarray, device: str = "cpu") -
                                 ("among_cold", content[rows].masked_fill(~cold, -torch.inf))):
                     ranks[name].append((s > s.gather(1, t)).sum(1).numpy())
                 target_is_cold.append(cold[t.squeeze(1)].numpy())
+                target_ids.append(t.squeeze(1).numpy())
             adapter.cold_items = flagged
             adapter.clear_cache()
-            norms = adapter.item_delta(sorted(adapter.item_out)[0]).norm(dim=1).cpu()
+            name = sorted(adapter.item_out)[0]
+            norms = adapter.item_delta(name).norm(dim=1).cpu()
+            base = getattr(getattr(model, name, None), "base_layer", None)
+            id_norms = base.weight.norm(dim=1).cpu() if isinstance(base, torch.nn.Embedding) else None
     finally:
         adapter.cold_items = flagged
         adapter.clear_cache()
@@ -273,7 +283,22 @@ def probe_content(model, test_data, cold_ids: np.ndarray, device: str = "cpu") -
             out[group][name] = {"median_rank": float(np.median(r) + 1) if r.size else None, "hits@10": int((r < 10).sum())}
     out["content_norm"] = {"warm": round(float(norms[warm_items].mean()), 4) if warm_items.any() else None,
                            "cold": round(float(norms[cold].mean()), 4) if cold.any() else None}
+    if id_norms is not None and warm_items.any():
+        out["id_norm"] = {"warm": round(float(id_norms[warm_items].mean()), 4)}
+    if item_interactions is not None and target_ids:
+        counts = np.asarray(item_interactions)[np.concatenate(target_ids)]
+        out["target_interactions"] = {group: float(np.median(counts[rows])) if rows.any() else None
+                                      for group, rows in (("cold", is_cold), ("warm", ~is_cold))}
     return out
+
+
+def full_data_counts(args, train_dataset) -> np.ndarray | None:
+    """Each internal item id's interaction count in the benchmark's data before items were held out (by token)."""
+    counts = getattr(args, "item_counts", None)
+    if counts is None:
+        return None
+    tokens = train_dataset.field2id_token[train_dataset.iid_field]
+    return np.array([int(counts.get(t, 0)) for t in tokens])
 
 
 def probe_checkpoint(args, hparams: dict, cold_tokens: set[str]) -> dict:
@@ -286,7 +311,8 @@ def probe_checkpoint(args, hparams: dict, cold_tokens: set[str]) -> dict:
     digest = hashlib.sha256(args.probe_checkpoint.read_bytes()).hexdigest()
     return {"dataset": args.dataset, "model": model, "variant": "fusion+cold", "seed": seed, "quick": bool(args.quick),
             "protocol": PROTOCOL, "fusion": compat.resolved_recipe(model, recipe["fusion"]),
-            "checkpoint_sha256": digest, "probe": probe_content(net, data[2], cold_ids, args.device),
+            "checkpoint_sha256": digest,
+            "probe": probe_content(net, data[2], cold_ids, args.device, full_data_counts(args, data[0].dataset)),
             **provenance("benchmarks.coldstart", args.argv, args.device)}
 
 
@@ -363,7 +389,9 @@ def main(argv=None) -> int:
         if args.quick:
             args.dataset_name = slice_users(args.dataset, hparams["quick"]["users"], args.work, args.data_root)
             args.data_root = args.work
-        args.cold_name, cold = write_cold_dataset(filtered_interactions(args, hparams), args.work,
+        interactions = filtered_interactions(args, hparams)
+        args.item_counts = dict(zip(*np.unique(interactions["item_id"], return_counts=True)))
+        args.cold_name, cold = write_cold_dataset(interactions, args.work,
                                                   f"{args.dataset}-cold{args.cold_seed}", args.cold_seed)
         if args.probe_checkpoint is not None:
             append_result(args.out.with_name(args.out.name.replace("coldstart-", "coldstart-probe-", 1)),

@@ -69,6 +69,14 @@ def test_report_verdicts_follow_the_targets(tmp_path):
     sasrec = next(line for line in full.splitlines() if line.startswith("- **SASRec**"))  # required, not run: said so
     assert "**not measured**" in sasrec and not any(line.startswith("- **GRU4Rec**") for line in full.splitlines())
 
+    # all three seeds of fusion+cold, but plain and +fusion on seed 0 only: those comparisons say so
+    rows = [_row("BPR", "fusion+cold", s, good, 0.0695) for s in (0, 1, 2)]
+    rows += [_row("BPR", "plain", 0, [0.01] * 6, 0.070), _row("BPR", "fusion", 0, [0.05] * 6, 0.070)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    full, _ = coldstart_report.report(out)
+    bpr = next(line for line in full.splitlines() if line.startswith("- **BPR**"))
+    assert "(seeds 0,1,2):" in bpr and bpr.count("(seed 0 only: provisional)") == 2
+
 
 def test_a_fusion_line_with_an_earlier_default_recipe_is_stale(tmp_path, monkeypatch):
     """A +fusion line records attach()'s resolved recipe; once a backbone's default changes, the benchmark re-runs it
@@ -116,6 +124,7 @@ def test_coldstart_quick_end_to_end(tmp_path):
     probe = next(r for r in rows if r["variant"] == "fusion+cold")["probe"]
     assert probe["cold"]["users"] == next(r for r in rows if r["variant"] == "fusion+cold")["cold"]["users"]
     assert set(probe["warm"]) == {"users", "full", "content_only"} and probe["content_norm"]["warm"] > 0
+    assert probe["id_norm"]["warm"] > 0 and probe["target_interactions"]["warm"] >= 5  # 5-core data
     # one patience for every trained run (here --quick's), whatever a backbone's own in compat_config.json
     assert {r["patience"] for r in rows if r["model"] == "BPR"} == {1}
     assert all("patience" not in r for r in rows if r["model"] == "ContentKNN")
@@ -202,7 +211,7 @@ def test_probe_content_ranks_targets_three_ways_and_restores_the_cold_flags():
     model = _StubModel(content, ids, flagged=[5, 6])
     history = (torch.tensor([1]), torch.tensor([1]))  # user 1 already has item 1: never ranked
     batches = [(_Batch(), history, torch.tensor([0, 1]), torch.tensor([5, 2]))]
-    out = coldstart.probe_content(model, batches, np.array([5, 6]))
+    out = coldstart.probe_content(model, batches, np.array([5, 6]), item_interactions=np.arange(7) * 10)
     # user 0, cold 5: full scores 11,12,13,14,5,6 -> rank 6; content only 1..6 -> rank 2; among cold (5, 6) -> 2
     assert out["cold"] == {"users": 1, "full": {"median_rank": 6.0, "hits@10": 1},
                            "content_only": {"median_rank": 2.0, "hits@10": 1},
@@ -211,6 +220,8 @@ def test_probe_content_ranks_targets_three_ways_and_restores_the_cold_flags():
     assert out["warm"] == {"users": 1, "full": {"median_rank": 2.0, "hits@10": 1},
                            "content_only": {"median_rank": 1.0, "hits@10": 1}}
     assert out["content_norm"] == {"warm": 2.5, "cold": 5.5}  # items 1-4 and 5-6; padding left out
+    assert out["target_interactions"] == {"cold": 50.0, "warm": 20.0}  # items 5 and 2 in the full data
+    assert "id_norm" not in out  # the stub's embedding is not wrapped: nothing to say
     assert model.fusion_adapter.cold_items[:, 0].tolist() == [False] * 5 + [True, True]  # restored
 
 
