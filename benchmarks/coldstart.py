@@ -14,6 +14,12 @@ cosine similarity of a candidate's features to the user's most recent items (no 
 
     python -m benchmarks.coldstart --models SASRec,BPR,ContentKNN --seeds 0,1,2
     python -m benchmarks.coldstart --quick          # 1 epoch, 60 users: a wiring check, not a result
+
+Every ``fusion+cold`` line also carries ``probe`` (:func:`probe_content`): the targets' ranks with every item
+scored from content alone and the cold target's rank among cold items, which tell a content path that
+generalises from one that has memorised the warm items. A saved model can be probed afterwards:
+
+    python -m benchmarks.coldstart --models SASRec --seeds 2 --probe-checkpoint path/to/best.pth
 """
 
 from __future__ import annotations
