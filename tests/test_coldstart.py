@@ -110,10 +110,10 @@ def test_report_counts_a_duplicated_run_once(tmp_path):
 @pytest.mark.slow
 def test_coldstart_quick_end_to_end(tmp_path):
     out = tmp_path / "coldstart-quick.jsonl"
-    assert coldstart.main(["--quick", "--models", "BPR,ContentKNN", "--out", str(out)]) == 0
+    assert coldstart.main(["--quick", "--models", "BPR,ContentKNN,M2SR", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {(r["model"], r["variant"]) for r in rows} == {("BPR", "plain"), ("BPR", "fusion"), ("BPR", "fusion+cold"),
-                                                          ("ContentKNN", "standalone")}
+                                                          ("ContentKNN", "standalone"), ("M2SR", "standalone")}
     for row in rows:
         assert row["cold"]["users"] + row["warm"]["users"] > 0 and row["quick"] is True
         assert len(row["per_user_cold_ndcg"]) == len(row["per_user_cold_users"]) == row["cold"]["users"]
@@ -126,7 +126,7 @@ def test_coldstart_quick_end_to_end(tmp_path):
     assert set(probe["warm"]) == {"users", "full", "content_only"} and probe["content_norm"]["warm"] > 0
     assert probe["id_norm"]["warm"] > 0 and probe["target_interactions"]["warm"] >= 5  # 5-core data
     # one patience for every trained run (here --quick's), whatever a backbone's own in compat_config.json
-    assert {r["patience"] for r in rows if r["model"] == "BPR"} == {1}
+    assert {r["patience"] for r in rows if r["model"] in ("BPR", "M2SR")} == {1}
     assert all("patience" not in r for r in rows if r["model"] == "ContentKNN")
     full, _ = coldstart_report.report(out, quick=True)
     assert "not a result" in full
