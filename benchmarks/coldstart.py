@@ -41,7 +41,7 @@ from benchmarks import compat
 from benchmarks.cli_args import names, set_threads
 from benchmarks.provenance import provenance
 from benchmarks.queue import append_result, read_results
-from benchmarks.ranking import metrics_from_ranks, rank_users
+from benchmarks.ranking import case_targets, metrics_from_ranks, rank_users, ranking_scores, ranks_of
 
 RESULTS = compat.RESULTS
 MODELS = ["SASRec", "GRU4Rec", "BPR", "FPMC", "M2SR", "ContentKNN"]
@@ -243,56 +243,47 @@ def probe_content(model, test_data, cold_ids: np.ndarray, device: str = "cpu",
     def scores(flags: torch.Tensor, interaction, history_index) -> torch.Tensor:
         adapter.cold_items = flags  # the buffer every content-alone decision reads
         adapter.clear_cache()
-        out = model.full_sort_predict(interaction).view(len(interaction), -1).float().cpu()
-        out[:, 0] = -torch.inf
-        if history_index is not None:
-            out[history_index] = -torch.inf
-        return out
+        return ranking_scores(model, interaction, history_index)
 
     ranks: dict[str, list[np.ndarray]] = {"full": [], "content_only": [], "among_cold": []}
-    target_is_cold: list[np.ndarray] = []
-    target_ids: list[np.ndarray] = []
+    target_ids: list[torch.Tensor] = []
     try:
         with torch.no_grad():
             for interaction, history_index, positive_u, positive_i in test_data:
                 interaction = interaction.to(device)
-                full = scores(flagged, interaction, history_index)
-                content = scores(torch.ones_like(flagged), interaction, history_index)
-                target = torch.full((len(interaction),), -1, dtype=torch.long)
-                target[positive_u] = positive_i
-                rows = torch.nonzero(target >= 0).flatten()
-                t = target[rows].unsqueeze(1)
-                for name, s in (("full", full[rows]), ("content_only", content[rows]),
-                                ("among_cold", content[rows].masked_fill(~cold, -torch.inf))):
-                    ranks[name].append((s > s.gather(1, t)).sum(1).numpy())
-                target_is_cold.append(cold[t.squeeze(1)].numpy())
-                target_ids.append(t.squeeze(1).numpy())
-            adapter.cold_items = flagged
-            adapter.clear_cache()
-            name = sorted(adapter.item_out)[0]
-            norms = adapter.item_delta(name).norm(dim=1).cpu()
-            base = getattr(getattr(model, name, None), "base_layer", None)
-            id_norms = base.weight.norm(dim=1).cpu() if isinstance(base, torch.nn.Embedding) else None
+                rows, t = case_targets(len(interaction), positive_u, positive_i)
+                full = scores(flagged, interaction, history_index)[rows]
+                content = scores(torch.ones_like(flagged), interaction, history_index)[rows]
+                for name, s in (("full", full), ("content_only", content),
+                                ("among_cold", content.masked_fill(~cold, -torch.inf))):
+                    ranks[name].append(ranks_of(s, t).numpy())
+                target_ids.append(t)
     finally:
         adapter.cold_items = flagged
         adapter.clear_cache()
-    is_cold = np.concatenate(target_is_cold) if target_is_cold else np.zeros(0, dtype=bool)
+    with torch.no_grad():  # the content's part does not depend on which items are flagged cold
+        name = sorted(adapter.item_out)[0]
+        norms = adapter.item_delta(name).norm(dim=1).cpu()
+        base = getattr(getattr(model, name, None), "base_layer", None)
+        id_norms = base.weight.norm(dim=1).cpu() if isinstance(base, torch.nn.Embedding) else None
+    targets = torch.cat(target_ids) if target_ids else torch.zeros(0, dtype=torch.long)
+    is_cold = cold[targets].numpy()
     warm_items = ~cold
     warm_items[0] = False  # padding
     out: dict = {}
     for group, rows in (("cold", is_cold), ("warm", ~is_cold)):
         out[group] = {"users": int(rows.sum())}
         for name, parts in ranks.items():
-            r = np.concatenate(parts)[rows] if parts else np.zeros(0)
             if name == "among_cold" and group == "warm":
                 continue
+            r = np.concatenate(parts)[rows] if parts else np.zeros(0)
             out[group][name] = {"median_rank": float(np.median(r) + 1) if r.size else None, "hits@10": int((r < 10).sum())}
     out["content_norm"] = {"warm": round(float(norms[warm_items].mean()), 4) if warm_items.any() else None,
                            "cold": round(float(norms[cold].mean()), 4) if cold.any() else None}
     if id_norms is not None and warm_items.any():
         out["id_norm"] = {"warm": round(float(id_norms[warm_items].mean()), 4)}
-    if item_interactions is not None and target_ids:
-        counts = np.asarray(item_interactions)[np.concatenate(target_ids)]
+    if item_interactions is not None and len(targets):
+        counts = np.asarray(item_interactions)[targets.numpy()]
         out["target_interactions"] = {group: float(np.median(counts[rows])) if rows.any() else None
                                       for group, rows in (("cold", is_cold), ("warm", ~is_cold))}
     return out
@@ -336,12 +327,8 @@ def same_recipe(row: dict, cold_dropout: float | None = None) -> bool:
 
 
 def _targets(test_data) -> np.ndarray:
-    out = []
-    for interaction, _, positive_u, positive_i in test_data:
-        target = torch.full((len(interaction),), -1, dtype=torch.long)
-        target[positive_u] = positive_i
-        out.append(target[target >= 0])
-    return torch.cat(out).numpy()
+    return torch.cat([case_targets(len(interaction), positive_u, positive_i)[1]
+                      for interaction, _, positive_u, positive_i in test_data]).numpy()
 
 
 def parse_args(argv=None) -> argparse.Namespace:

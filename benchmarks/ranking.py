@@ -9,9 +9,31 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["K", "metrics_from_ranks", "rank_users", "summarise"]
+__all__ = ["K", "case_targets", "metrics_from_ranks", "rank_users", "ranking_scores", "ranks_of", "summarise"]
 
 K = 10
+
+
+def ranking_scores(model, interaction, history_index) -> torch.Tensor:
+    """(B, n_items) float scores on the CPU, with the padding id and the user's training items at -inf."""
+    scores = model.full_sort_predict(interaction).view(len(interaction), -1).float().cpu()
+    scores[:, 0] = -torch.inf
+    if history_index is not None:
+        scores[history_index] = -torch.inf
+    return scores
+
+
+def case_targets(n: int, positive_u: torch.Tensor, positive_i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, targets)``: the rows of a batch of ``n`` that hold an evaluation case, and each one's held-out item."""
+    target = torch.full((n,), -1, dtype=torch.long)
+    target[positive_u] = positive_i
+    rows = torch.nonzero(target >= 0).flatten()
+    return rows, target[rows]
+
+
+def ranks_of(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row, the number of items scored strictly higher than the row's target (0 = first)."""
+    return (scores > scores.gather(1, targets.unsqueeze(1))).sum(1)
 
 
 @torch.no_grad()
@@ -27,16 +49,11 @@ def rank_users(model, eval_data, train_item_counts: np.ndarray, device: str, see
     uid = model.USER_ID
     for interaction, history_index, positive_u, positive_i in eval_data:
         interaction = interaction.to(device)
-        scores = model.full_sort_predict(interaction).view(len(interaction), -1).float().cpu()
-        scores[:, 0] = -torch.inf
-        if history_index is not None:
-            scores[history_index] = -torch.inf
-        target = torch.full((len(interaction),), -1, dtype=torch.long)
-        target[positive_u] = positive_i
-        rows = torch.nonzero(target >= 0).flatten()
-        s, t = scores[rows], target[rows]
+        scores = ranking_scores(model, interaction, history_index)
+        rows, t = case_targets(len(interaction), positive_u, positive_i)
+        s = scores[rows]
         target_score = s.gather(1, t.unsqueeze(1))
-        full_rank.append((s > target_score).sum(1))
+        full_rank.append(ranks_of(s, t))
         allowed = torch.isfinite(s)
         allowed[torch.arange(len(rows)), t] = False
         negatives = torch.multinomial(allowed.float(), 100, replacement=False, generator=generator)
