@@ -99,6 +99,31 @@ def test_a_fusion_line_with_an_earlier_default_recipe_is_stale(tmp_path, monkeyp
     assert "| BPR | fusion | 0,2 |" in full                                         # seed 1's stale line left out
 
 
+def test_a_remedy_study_records_its_overrides_and_keeps_out_of_the_main_file(tmp_path):
+    """--fusion-option overrides attach() options of the +fusion variants for a remedy study: it needs its own
+    --out, and its lines are current against their own overrides, not against attach()'s defaults."""
+    from benchmarks import compat
+
+    with pytest.raises(SystemExit):  # the benchmark's own file holds attach()'s defaults only
+        coldstart.parse_args(["--fusion-option", "reduce_features=16"])
+    with pytest.raises(SystemExit):  # fusion+cold's own option has its own flag
+        coldstart.parse_args(["--fusion-option", "cold_dropout=0.5", "--out", str(tmp_path / "r.jsonl")])
+    with pytest.raises(SystemExit):  # M2SR standalone has no attach() recipe to override
+        coldstart.parse_args(["--fusion-option", "reduce_features=16", "--out", str(tmp_path / "r.jsonl")])
+    with pytest.raises(SystemExit):  # checked by attach()'s own option validation before any training
+        coldstart.parse_args(["--models", "BPR", "--fusion-option", "reduce_features=0", "--out", str(tmp_path / "r.jsonl")])
+    args = coldstart.parse_args(["--models", "BPR,ContentKNN", "--fusion-option", "reduce_features=16",
+                                 "--out", str(tmp_path / "r.jsonl")])
+    assert args.fusion_options == {"reduce_features": 16}
+
+    reduced = {**compat.resolved_recipe("BPR", {**compat.load_hparams()["fusion"], "reduce_features": 16}),
+               "cold_dropout": 0.3}
+    row = {**_row("BPR", "fusion+cold", 0, [0.05] * 6, 0.07), "fusion": reduced, "fusion_options": {"reduce_features": 16}}
+    assert coldstart.same_recipe(row) and coldstart.same_recipe(row, 0.3, {"reduce_features": 16})
+    assert not coldstart.same_recipe(row, 0.3, {})                        # against the defaults: another recipe
+    assert not coldstart.same_recipe({k: v for k, v in row.items() if k != "fusion_options"})  # unrecorded overrides
+
+
 def test_report_counts_a_duplicated_run_once(tmp_path):
     rows = [_row("BPR", "plain", 0, [0.01] * 6, 0.07)] * 2
     with pytest.warns(UserWarning, match="duplicate run"):
@@ -121,6 +146,9 @@ def test_coldstart_quick_end_to_end(tmp_path):
         assert all(isinstance(x, float) for x in row["per_user_cold_ndcg"])
         assert {"commit", "device", "date", "command"} <= set(row)
         assert ("probe" in row) == (row["variant"] == "fusion+cold")  # where the cold targets go wrong
+        # the validation cases' split too, where a recipe change is chosen
+        assert set(row["valid"]) == {"cold", "warm"} and row["valid"]["cold"]["users"] + row["valid"]["warm"]["users"] > 0
+        assert "fusion_options" not in row  # attach()'s defaults: no remedy overrides
     probe = next(r for r in rows if r["variant"] == "fusion+cold")["probe"]
     assert probe["cold"]["users"] == next(r for r in rows if r["variant"] == "fusion+cold")["cold"]["users"]
     assert set(probe["warm"]) == {"users", "full", "content_only"} and probe["content_norm"]["warm"] > 0
