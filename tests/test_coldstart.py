@@ -124,6 +124,33 @@ def test_a_remedy_study_records_its_overrides_and_keeps_out_of_the_main_file(tmp
     assert not coldstart.same_recipe({k: v for k, v in row.items() if k != "fusion_options"})  # unrecorded overrides
 
 
+def test_the_remedy_report_picks_on_validation_never_on_test(tmp_path):
+    from benchmarks import compat
+
+    fusion = compat.load_hparams()["fusion"]
+
+    def arm(options, seed, valid_cold, valid_warm, test_cold):
+        row = _row("BPR", "fusion+cold", seed, [test_cold] * 6, 0.07)
+        row["fusion"] = {**compat.resolved_recipe("BPR", {**fusion, **options}), "cold_dropout": 0.3}
+        row["valid"] = {"cold": {"ndcg@10": valid_cold, "users": 6}, "warm": {"ndcg@10": valid_warm, "users": 40}}
+        row["probe"] = {"cold": {"content_only": {"median_rank": 100.0 + seed}}}
+        return {**row, **({"fusion_options": options} if options else {})}
+
+    files = {"baseline": [arm({}, s, 0.010, 0.070, 0.02) for s in (0, 1)],
+             "r16": [arm({"reduce_features": 16}, s, 0.030, 0.069, 0.00) for s in (0, 1)],   # picked: warm -1.4 %
+             "r4": [arm({"reduce_features": 4}, s, 0.050, 0.060, 0.09) for s in (0, 1, 2)]}  # warm -14 %: not allowed
+    paths = []
+    for name, rows in files.items():
+        paths.append(tmp_path / f"{name}.jsonl")
+        paths[-1].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = coldstart_report.remedy_report(paths)
+    assert "seeds 0,1 " in text and "**reduce_features=16** (2 seeds: provisional)" in text  # the best test arm is r4
+    assert "| attach() defaults | 0.0100 | 0.0700 | 0.0200 | 6 of 12 | 0.0700 | 100.5 |" in text  # hit@10 0.5 of 6, twice
+    assert coldstart_report.main(["--remedy", *map(str, paths)]) == 0 and (tmp_path / "remedy.md").read_text() == text
+    with pytest.raises(ValueError, match="one file per arm"):
+        coldstart_report.remedy_report([paths[0], paths[0]])
+
+
 def test_report_counts_a_duplicated_run_once(tmp_path):
     rows = [_row("BPR", "plain", 0, [0.01] * 6, 0.07)] * 2
     with pytest.warns(UserWarning, match="duplicate run"):
