@@ -164,7 +164,8 @@ def remedy_report(paths: list[Path]) -> str:
         lines += [f"**{model}** fusion+cold, seeds {','.join(map(str, seeds)) or 'none in common'} "
                   f"(mean over the seeds every arm has):", "",
                   "| arm | valid cold NDCG@10 | valid warm NDCG@10 | test cold NDCG@10 | test cold hits | "
-                  "test warm NDCG@10 | content-only cold median rank |", "|---|---|---|---|---|---|---|"]
+                  "test warm NDCG@10 | content-only cold median rank | with the validation-chosen cold offset: "
+                  "test cold / warm NDCG@10 |", "|---|---|---|---|---|---|---|---|"]
         means = {}
         for name, runs in by_arm.items():
             runs = [r for r in runs if int(r["seed"]) in seeds]
@@ -177,8 +178,12 @@ def remedy_report(paths: list[Path]) -> str:
             hits = sum(round(r["cold"]["hit@10"] * r["cold"]["users"]) for r in runs)
             probe = [r["probe"]["cold"]["content_only"]["median_rank"] for r in runs if r.get("probe")]
             probe_cell = f"{statistics.fmean(probe):.1f}" if probe else "-"
+            calibrated = [r["calibrated"]["test"] for r in runs if r.get("calibrated")]
+            offset_cell = " / ".join(f"{statistics.fmean(c[g]['ndcg@10'] or 0.0 for c in calibrated):.4f}"
+                                     for g in ("cold", "warm")) if len(calibrated) == len(runs) else "-"
             lines.append(f"| {name} | {means[name][0]:.4f} | {means[name][1]:.4f} | {mean('test', 'cold'):.4f} | "
-                         f"{hits} of {sum(r['cold']['users'] for r in runs)} | {mean('test', 'warm'):.4f} | {probe_cell} |")
+                         f"{hits} of {sum(r['cold']['users'] for r in runs)} | {mean('test', 'warm'):.4f} | {probe_cell} "
+                         f"| {offset_cell} |")
         base = means.get("attach() defaults")
         if base is None:
             lines += ["", "No baseline arm (a run without --fusion-option) to choose against."]
