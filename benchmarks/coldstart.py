@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from fusionlayer.adapters.base import FusionAdapter, _ColdMaskedLoss
+from fusionlayer.evaluation import choose_cold_offset
 from benchmarks import compat
 from benchmarks.cli_args import names, set_threads
 from benchmarks.provenance import git_commit, provenance
@@ -305,9 +306,6 @@ def probe_content(model, test_data, cold_ids: np.ndarray, device: str = "cpu",
     return out
 
 
-OFFSET_GRID = tuple(k / 4 for k in range(0, 33))  # cold-score offsets tried, in units of the validation scores' std
-
-
 @torch.no_grad()
 def case_scores(model, eval_data, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """``(scores, targets, users)`` of every evaluation case: (cases, n_items) scores as :func:`rank_users` ranks
@@ -328,31 +326,23 @@ def offset_ranks(scores: torch.Tensor, targets: torch.Tensor, cold: torch.Tensor
     return ranks_of(scores + offset * cold.to(scores.dtype), targets).numpy()
 
 
-def calibrate_cold_offset(valid: tuple, test: tuple, cold_ids: np.ndarray, grid=OFFSET_GRID) -> dict:
-    """A constant added to cold items' scores, chosen on validation: items scored from content alone sit on
-    another scale than warm ones (ID + content), so a content ordering that is right among the cold items can
-    still leave them all below the warm ones. Picks the offset with the highest validation cold NDCG@10 among
-    those whose validation warm NDCG@10 stays within 2 % of no offset (the warm target), then applies it to the
-    test cases: ``offset``, ``offset_in_std`` (of the finite validation scores), ``valid`` and ``test`` splits as
-    :func:`split_metrics`, and ``per_user_cold_ndcg``/``per_user_cold_users`` of the test cases.
-
-    ``valid`` and ``test`` are :func:`case_scores` triples. The test split never takes part in the choice."""
-    (v_scores, v_targets, v_users), (t_scores, t_targets, t_users) = valid, test
+def calibrate_cold_offset(valid: tuple, test: tuple, cold_ids: np.ndarray) -> dict:
+    """What :func:`fusionlayer.calibrate_cold_offset` does to a model, on recorded scores: the cold-score offset
+    chosen on the validation cases (best cold NDCG@10 with warm NDCG@10 within 2 % of no offset), then applied
+    to the test cases. Items scored from content alone sit on another scale than warm ones (ID + content), so a
+    content ordering that is right among the cold items can still leave them all below the warm ones: this tells
+    that failure (an offset fixes it) from a wrong ordering (it cannot). ``valid`` and ``test`` are
+    :func:`case_scores` triples; the test split never takes part in the choice. Returns ``offset``,
+    ``offset_in_std``, ``valid`` and ``test`` splits as :func:`split_metrics`, and the test cases'
+    ``per_user_cold_ndcg``/``per_user_cold_users``."""
+    v_scores, v_targets, _ = valid
     cold = torch.zeros(v_scores.shape[1], dtype=torch.bool)
     cold[torch.as_tensor(cold_ids, dtype=torch.long)] = True
-    std = float(v_scores[torch.isfinite(v_scores)].std()) if torch.isfinite(v_scores).any() else 0.0
-    best, floor = None, None
-    for k in grid:
-        split = split_metrics({"full": offset_ranks(v_scores, v_targets, cold, k * std), "user": v_users},
-                              v_targets.numpy(), cold_ids)
-        warm, cold_ndcg = split["warm"]["ndcg@10"] or 0.0, split["cold"]["ndcg@10"] or 0.0
-        floor = 0.98 * warm if floor is None else floor  # the first grid point is no offset
-        if warm >= floor and (best is None or cold_ndcg > best[1]):
-            best = (k, cold_ndcg, split)
-    k, _, valid_split = best
-    test_split = split_metrics({"full": offset_ranks(t_scores, t_targets, cold, k * std), "user": t_users},
-                               t_targets.numpy(), cold_ids)
-    return {"offset": round(k * std, 6), "offset_in_std": k,
+    choice = choose_cold_offset(v_scores, v_targets, cold)
+    valid_split, test_split = (split_metrics({"full": offset_ranks(scores, targets, cold, choice["offset"]), "user": users},
+                                             targets.numpy(), cold_ids)
+                               for scores, targets, users in (valid, test))
+    return {"offset": round(choice["offset"], 6), "offset_in_std": choice["offset_in_std"],
             "valid": {g: valid_split[g] for g in ("cold", "warm")}, "test": {g: test_split[g] for g in ("cold", "warm")},
             "per_user_cold_ndcg": test_split["per_user_cold_ndcg"], "per_user_cold_users": test_split["per_user_cold_users"]}
 
