@@ -135,9 +135,12 @@ class _Scoped:
                 args = (adapter.redraw_cold_negatives(args[0]), *args[1:])
         adapter._scope = {"training_loss": True} if training_loss else {}
         try:
-            return self.function(*args, **kwargs)
+            out = self.function(*args, **kwargs)
         finally:
             adapter._scope = None
+        if self.name in ("predict", "full_sort_predict") and args:
+            out = adapter.offset_cold_scores(self.name, args[0], out)
+        return out
 
 
 class _ColdMaskedLoss(nn.Module):
@@ -277,6 +280,9 @@ class FusionAdapter(nn.Module):
                           "content alone. Pass the training split, attach(..., dataset=train_data.dataset); items added "
                           "with fusionlayer.add_items are scored from content alone either way", UserWarning, stacklevel=3)
         self.register_buffer("cold_items", cold.unsqueeze(1), persistent=False)
+        # added to the scores of items scored from content alone (fusionlayer.calibrate_cold_offset); saved with
+        # the model, 0 in a checkpoint from before it existed
+        self.register_buffer("cold_score_offset", torch.zeros(()))
         self.item_tokens = list(dataset.field2id_token[dataset.iid_field]) if hasattr(dataset, "field2id_token") else None
         self._model_ref: list[nn.Module] = []  # the host model, kept out of the module tree
         self._memo: dict[str, tuple[tuple, Any]] = {}  # inference cache, see the module docstring
@@ -307,6 +313,25 @@ class FusionAdapter(nn.Module):
     def clear_cache(self) -> None:
         """Drop the inference cache (see the module docstring for when this happens by itself)."""
         self._memo.clear()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key = prefix + "cold_score_offset"
+        if key not in state_dict:  # saved before the offset existed: uncalibrated
+            state_dict[key] = torch.zeros_like(self.cold_score_offset)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def offset_cold_scores(self, entry_point: str, interaction, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` of ``predict`` or ``full_sort_predict`` with ``cold_score_offset`` added to the items
+        flagged cold (scored from content alone): unchanged while the offset is 0."""
+        offset = self.cold_score_offset
+        if not bool(offset):
+            return scores
+        cold = self.cold_items.reshape(-1).to(device=scores.device, dtype=scores.dtype)
+        if entry_point == "full_sort_predict":
+            return (scores.reshape(-1, cold.shape[0]) + offset.to(scores) * cold).reshape(scores.shape)
+        items = interaction[self.model.ITEM_ID].to(scores.device).long()
+        return scores + offset.to(scores) * cold[items].reshape(scores.shape)
 
     def train(self, mode: bool = True) -> "FusionAdapter":
         if mode:

@@ -20,6 +20,14 @@ scored from content alone and the cold target's rank among cold items, which tel
 generalises from one that has memorised the warm items. A saved model can be probed afterwards:
 
     python -m benchmarks.coldstart --models SASRec --seeds 2 --probe-checkpoint path/to/best.pth
+
+Every line also carries ``valid``: the same cold/warm split on the validation cases, which is where a change
+to the recipe is chosen (never on test). ``--fusion-option KEY=VALUE`` (repeatable, like the compatibility
+grid's) overrides one ``attach()`` option of the +fusion variants, for a remedy study; it needs its own
+``--out``, and its lines record the overrides as ``fusion_options``:
+
+    python -m benchmarks.coldstart --models BPR,ContentKNN --variants fusion+cold,standalone --seeds 0 \
+        --fusion-option reduce_features=16 --out benchmarks/results/coldstart-remedy/reduce16.jsonl
 """
 
 from __future__ import annotations
@@ -37,9 +45,10 @@ import numpy as np
 import torch
 
 from fusionlayer.adapters.base import FusionAdapter, _ColdMaskedLoss
+from fusionlayer.evaluation import choose_cold_offset
 from benchmarks import compat
 from benchmarks.cli_args import names, set_threads
-from benchmarks.provenance import provenance
+from benchmarks.provenance import git_commit, provenance
 from benchmarks.queue import append_result, read_results
 from benchmarks.ranking import case_targets, metrics_from_ranks, rank_users, ranking_scores, ranks_of
 
@@ -167,7 +176,8 @@ def state_dir(args, model: str, variant: str, seed: int) -> Path:
 def build_cold_run(model: str, variant: str, seed: int, args, hparams: dict, cold_tokens: set[str]):
     """``(config, data, net, recipe, cold_ids, train_counts)`` of one cold-start run, before training: the model is
     built (and attached) on the held-out dataset exactly as :func:`run_one` trains it (ContentKNN: its scorer)."""
-    fusion = {**hparams["fusion"], **({"cold_dropout": args.cold_dropout} if variant == "fusion+cold" else {})}
+    fusion = {**hparams["fusion"], **getattr(args, "fusion_options", {}),
+              **({"cold_dropout": args.cold_dropout} if variant == "fusion+cold" else {})}
     recipe = {**hparams, "fusion": fusion}
     knn = model == "ContentKNN"
     extra = {"checkpoint_dir": str(args.work / "saved"), "user_inter_num_interval": "[0,inf)",
@@ -204,14 +214,21 @@ def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_token
         trained.pop("ranks")
     ranks = rank_users(net, test_data, counts, args.device, seed)
     targets = _targets(test_data)
+    # the same split on the validation cases: where a recipe change is chosen (the test split never chooses)
+    valid_split = split_metrics(rank_users(net, data[1], counts, args.device, seed), _targets(data[1]), cold_ids)
     # where cold targets go wrong (issue 15): content-only scores of every item, and the rank among cold items
-    probed = {"probe": probe_content(net, test_data, cold_ids, args.device, full_data_counts(args, data[0].dataset))} \
+    probed = {"probe": probe_content(net, test_data, cold_ids, args.device, full_data_counts(args, data[0].dataset)),
+              # whether the cold items fail on scale (a validation-chosen offset fixes it) or on order (it cannot)
+              "calibrated": calibrate_cold_offset(case_scores(net, data[1], args.device),
+                                                  case_scores(net, test_data, args.device), cold_ids)} \
         if variant == "fusion+cold" else {}
     return {"dataset": args.dataset, "model": model, "variant": variant, "seed": seed, "quick": bool(args.quick),
             **split_metrics(ranks, targets, cold_ids), "cold_items": int(len(cold_ids)),
             "epochs_run": trained.get("epochs_run"), "best_epoch": trained.get("best_epoch"), "protocol": PROTOCOL,
             **({} if model == "ContentKNN" else {"patience": int(config["stopping_step"])}),
+            "valid": {group: valid_split[group] for group in ("cold", "warm")},
             **({"fusion": compat.resolved_recipe(model, recipe["fusion"])} if variant.startswith("fusion") else {}),
+            **({"fusion_options": args.fusion_options} if variant.startswith("fusion") and args.fusion_options else {}),
             **probed, "test": {}, **provenance("benchmarks.coldstart", args.argv, args.device)}
 
 
@@ -289,6 +306,47 @@ def probe_content(model, test_data, cold_ids: np.ndarray, device: str = "cpu",
     return out
 
 
+@torch.no_grad()
+def case_scores(model, eval_data, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """``(scores, targets, users)`` of every evaluation case: (cases, n_items) scores as :func:`rank_users` ranks
+    them (padding and history at -inf), each case's held-out item and its user id."""
+    model.eval()
+    scores, targets, users = [], [], []
+    for interaction, history_index, positive_u, positive_i in eval_data:
+        interaction = interaction.to(device)
+        rows, t = case_targets(len(interaction), positive_u, positive_i)
+        scores.append(ranking_scores(model, interaction, history_index)[rows])
+        targets.append(t)
+        users.append(interaction[model.USER_ID].cpu()[rows])
+    return torch.cat(scores), torch.cat(targets), torch.cat(users).numpy()
+
+
+def offset_ranks(scores: torch.Tensor, targets: torch.Tensor, cold: torch.Tensor, offset: float) -> np.ndarray:
+    """Each case's rank (0 = first) once ``offset`` is added to the scores of the items flagged ``cold``."""
+    return ranks_of(scores + offset * cold.to(scores.dtype), targets).numpy()
+
+
+def calibrate_cold_offset(valid: tuple, test: tuple, cold_ids: np.ndarray) -> dict:
+    """What :func:`fusionlayer.calibrate_cold_offset` does to a model, on recorded scores: the cold-score offset
+    chosen on the validation cases (best cold NDCG@10 with warm NDCG@10 within 2 % of no offset), then applied
+    to the test cases. Items scored from content alone sit on another scale than warm ones (ID + content), so a
+    content ordering that is right among the cold items can still leave them all below the warm ones: this tells
+    that failure (an offset fixes it) from a wrong ordering (it cannot). ``valid`` and ``test`` are
+    :func:`case_scores` triples; the test split never takes part in the choice. Returns ``offset``,
+    ``offset_in_std``, ``valid`` and ``test`` splits as :func:`split_metrics`, and the test cases'
+    ``per_user_cold_ndcg``/``per_user_cold_users``."""
+    v_scores, v_targets, _ = valid
+    cold = torch.zeros(v_scores.shape[1], dtype=torch.bool)
+    cold[torch.as_tensor(cold_ids, dtype=torch.long)] = True
+    choice = choose_cold_offset(v_scores, v_targets, cold)
+    valid_split, test_split = (split_metrics({"full": offset_ranks(scores, targets, cold, choice["offset"]), "user": users},
+                                             targets.numpy(), cold_ids)
+                               for scores, targets, users in (valid, test))
+    return {"offset": round(choice["offset"], 6), "offset_in_std": choice["offset_in_std"],
+            "valid": {g: valid_split[g] for g in ("cold", "warm")}, "test": {g: test_split[g] for g in ("cold", "warm")},
+            "per_user_cold_ndcg": test_split["per_user_cold_ndcg"], "per_user_cold_users": test_split["per_user_cold_users"]}
+
+
 def full_data_counts(args, train_dataset) -> np.ndarray | None:
     """Each internal item id's interaction count in the benchmark's data before items were held out (by token)."""
     counts = getattr(args, "item_counts", None)
@@ -308,19 +366,21 @@ def probe_checkpoint(args, hparams: dict, cold_tokens: set[str]) -> dict:
     digest = hashlib.sha256(args.probe_checkpoint.read_bytes()).hexdigest()
     return {"dataset": args.dataset, "model": model, "variant": "fusion+cold", "seed": seed, "quick": bool(args.quick),
             "protocol": PROTOCOL, "fusion": compat.resolved_recipe(model, recipe["fusion"]),
-            "checkpoint_sha256": digest,
+            **({"fusion_options": args.fusion_options} if args.fusion_options else {}), "checkpoint_sha256": digest,
             "probe": probe_content(net, data[2], cold_ids, args.device, full_data_counts(args, data[0].dataset)),
             **provenance("benchmarks.coldstart", args.argv, args.device)}
 
 
-def same_recipe(row: dict, cold_dropout: float | None = None) -> bool:
-    """Whether a recorded +fusion line used the recipe a run would use today: attach()'s defaults for its backbone,
-    with ``cold_dropout`` for fusion+cold (the line's own when None). A default adopted since makes the line stale:
+def same_recipe(row: dict, cold_dropout: float | None = None, fusion_options: dict | None = None) -> bool:
+    """Whether a recorded +fusion line used the recipe a run would use today: attach()'s defaults for its backbone
+    under ``fusion_options`` (a remedy study's ``--fusion-option`` overrides; the line's own when None), with
+    ``cold_dropout`` for fusion+cold (the line's own when None). A default adopted since makes the line stale:
     the benchmark re-runs it and the report leaves it out. Lines written before the recipe was recorded count as
     current; when a default changes, they are moved to ``results/history/`` by hand."""
     if "fusion" not in row or not str(row.get("variant", "")).startswith("fusion"):
         return True
-    fusion = compat.load_hparams()["fusion"]
+    overrides = (row.get("fusion_options") or {}) if fusion_options is None else fusion_options
+    fusion = {**compat.load_hparams()["fusion"], **overrides}
     if row["variant"] == "fusion+cold":
         fusion = {**fusion, "cold_dropout": row["fusion"].get("cold_dropout") if cold_dropout is None else cold_dropout}
     return row["fusion"] == compat.resolved_recipe(row["model"], fusion)
@@ -345,6 +405,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--fusion-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one attach() option of the +fusion variants (repeatable), for a remedy study; "
+                             "needs its own --out")
     parser.add_argument("--probe-checkpoint", type=Path, default=None,
                         help="instead of training: load this best.pth of one fusion+cold run (one --models, one --seeds) "
                              "and append its probe_content() to coldstart-probe-<dataset>.jsonl")
@@ -353,7 +416,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.models = names(parser, args.models, MODELS, "--models")
     args.variants = set(names(parser, args.variants, ["plain", "fusion", "fusion+cold", "standalone"], "--variants"))
     args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
-    args.out = args.out or RESULTS / f"coldstart-{args.dataset}{'-quick' if args.quick else ''}.jsonl"
+    default_out = RESULTS / f"coldstart-{args.dataset}{'-quick' if args.quick else ''}.jsonl"
+    try:
+        args.fusion_options = compat.parse_fusion_options(args.fusion_option)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.fusion_options:
+        if args.out is None or args.out.resolve() == default_out.resolve():
+            parser.error("--fusion-option needs its own --out (e.g. benchmarks/results/coldstart-remedy/<name>.jsonl): "
+                         "the benchmark's own lines use attach()'s defaults, and a remedy's must not mix into them")
+        if "cold_dropout" in args.fusion_options:
+            parser.error("--fusion-option cold_dropout=...: use --cold-dropout (fusion+cold's own option)")
+        if "M2SR" in args.models:
+            parser.error("--fusion-option overrides attach() options of the backbones' +fusion variants; M2SR "
+                         "standalone has no attach() recipe: leave it out of --models")
+    args.out = args.out or default_out
     if args.probe_checkpoint is not None:
         if len(args.models) != 1 or len(args.seeds) != 1 or args.models[0] in ("ContentKNN", "M2SR"):
             parser.error(f"--probe-checkpoint needs one attached backbone in --models and one seed in --seeds; got "
@@ -366,6 +443,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    git_commit()  # the commit this process runs, read now: a commit made while it trains is not its code
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("recbole").setLevel(logging.WARNING)
     set_threads(args.threads)
@@ -391,7 +469,8 @@ def main(argv=None) -> int:
                           probe_checkpoint(args, hparams, cold))
             return 0
         done = {(r["model"], r["variant"], int(r["seed"])) for r in read_results(args.out)
-                if r["model"] == "ContentKNN" or (r.get("protocol") == PROTOCOL and same_recipe(r, args.cold_dropout))}
+                if r["model"] == "ContentKNN" or (r.get("protocol") == PROTOCOL
+                                                  and same_recipe(r, args.cold_dropout, args.fusion_options))}
         for seed in args.seeds:
             for model in args.models:
                 for variant in [v for v in variants(model) if v in args.variants]:

@@ -2,6 +2,7 @@
 
     python -m benchmarks.coldstart_report                       # writes coldstart-ml-100k.{md,png}
     python -m benchmarks.coldstart_report --readme README.md    # also the README block between the markers
+    python -m benchmarks.coldstart_report --remedy benchmarks/results/coldstart-remedy/*.jsonl   # a remedy study
 
 Targets (issue 15): on cold targets every attached backbone with the cold-item option (``fusion+cold``)
 beats ContentKNN's NDCG@10 (one-sided Wilcoxon on per-user cold NDCG@10, seeds pooled, users paired
@@ -137,6 +138,65 @@ def verdicts(groups) -> list[str]:
     return lines or ["- no fusion+cold run recorded yet; no verdict."]
 
 
+def _arm_name(runs: list[dict]) -> str:
+    options = runs[0].get("fusion_options") or {}
+    return ", ".join(f"{k}={v}" for k, v in sorted(options.items())) or "attach() defaults"
+
+
+def remedy_report(paths: list[Path]) -> str:
+    """A remedy study of ``fusion+cold``: one results file per arm (``coldstart --fusion-option ... --out``), the
+    arm without overrides as the baseline. Validation and test, cold and warm, on the seeds every arm has, and
+    the arm the validation split picks: the highest validation cold NDCG@10 among the arms whose validation warm
+    NDCG@10 is within 2 % of the baseline's (the warm target). Test numbers are shown, never used to choose."""
+    arms: dict[str, dict[str, list[dict]]] = {}  # backbone -> arm -> fusion+cold runs
+    rows = []
+    for path in paths:
+        for (model, variant), runs in group([r for r in read_results(path) if same_recipe(r)]).items():
+            if variant == "fusion+cold" and all("valid" in r for r in runs):
+                rows += runs
+                name = _arm_name(runs)
+                if name in arms.setdefault(model, {}):
+                    raise ValueError(f"{path}: a second results file for {model} arm {name!r}; one file per arm")
+                arms[model][name] = runs
+    lines = [runs_summary(rows) + "." if rows else "No fusion+cold runs with a validation split recorded yet.", ""]
+    for model, by_arm in arms.items():
+        seeds = sorted(set.intersection(*({int(r["seed"]) for r in runs} for runs in by_arm.values())))
+        lines += [f"**{model}** fusion+cold, seeds {','.join(map(str, seeds)) or 'none in common'} "
+                  f"(mean over the seeds every arm has):", "",
+                  "| arm | valid cold NDCG@10 | valid warm NDCG@10 | test cold NDCG@10 | test cold hits | "
+                  "test warm NDCG@10 | content-only cold median rank | with the validation-chosen cold offset: "
+                  "test cold / warm NDCG@10 |", "|---|---|---|---|---|---|---|---|"]
+        means = {}
+        for name, runs in by_arm.items():
+            runs = [r for r in runs if int(r["seed"]) in seeds]
+            if not runs:
+                continue
+            def mean(split: str, group: str) -> float:  # test metrics sit at the line's top level
+                return statistics.fmean((r["valid"] if split == "valid" else r)[group]["ndcg@10"] or 0.0 for r in runs)
+
+            means[name] = (mean("valid", "cold"), mean("valid", "warm"))
+            hits = sum(round(r["cold"]["hit@10"] * r["cold"]["users"]) for r in runs)
+            probe = [r["probe"]["cold"]["content_only"]["median_rank"] for r in runs if r.get("probe")]
+            probe_cell = f"{statistics.fmean(probe):.1f}" if probe else "-"
+            calibrated = [r["calibrated"]["test"] for r in runs if r.get("calibrated")]
+            offset_cell = " / ".join(f"{statistics.fmean(c[g]['ndcg@10'] or 0.0 for c in calibrated):.4f}"
+                                     for g in ("cold", "warm")) if len(calibrated) == len(runs) else "-"
+            lines.append(f"| {name} | {means[name][0]:.4f} | {means[name][1]:.4f} | {mean('test', 'cold'):.4f} | "
+                         f"{hits} of {sum(r['cold']['users'] for r in runs)} | {mean('test', 'warm'):.4f} | {probe_cell} "
+                         f"| {offset_cell} |")
+        base = means.get("attach() defaults")
+        if base is None:
+            lines += ["", "No baseline arm (a run without --fusion-option) to choose against."]
+        else:
+            allowed = {k: v for k, v in means.items() if v[1] >= 0.98 * base[1]}
+            pick = max(allowed, key=lambda k: allowed[k][0])
+            lines += ["", f"Picked on validation (highest cold NDCG@10 with warm within 2 % of the baseline's): "
+                      f"**{pick}**" + ("." if len(seeds) >= 3 else f" ({len(seeds)} seed{'s' * (len(seeds) > 1)}: "
+                                                                          "provisional).")]
+        lines.append("")
+    return "\n".join(["# Cold-start remedy study: ml-100k", "", *lines])
+
+
 def chart(groups, path: Path) -> None:
     keys = [k for k in ORDER if groups.get(k)]
     fig, ax = subplots(figsize=(7.5, 3.6))
@@ -180,7 +240,17 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results" / "coldstart-ml-100k.jsonl")
     parser.add_argument("--quick", action="store_true", help="report the --quick rows instead of the real ones")
     parser.add_argument("--readme", type=Path, default=None, help="also rewrite this README's coldstart block")
+    parser.add_argument("--remedy", type=Path, nargs="+", default=None, metavar="JSONL",
+                        help="instead: compare these remedy-study files (one per arm) and write remedy.md beside them")
     args = parser.parse_args(argv)
+    if args.remedy:
+        missing = [str(p) for p in args.remedy if not p.is_file()]
+        if missing:
+            parser.error(f"--remedy: no such file(s) {missing}; run python -m benchmarks.coldstart --out ... first")
+        text = remedy_report(args.remedy)
+        atomic_write_bytes(args.remedy[0].parent / "remedy.md", text.encode())
+        print(text)
+        return 0
     if not args.results.is_file():
         parser.error(f"{args.results} does not exist; run python -m benchmarks.coldstart first")
     full, section = report(args.results, args.quick)

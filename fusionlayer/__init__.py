@@ -8,6 +8,7 @@ from fusionlayer.attach import (
     add_items,
     attach,
     backbone_state_dict,
+    calibrate_cold_offset,
     count_parameters,
     detach,
     fusion_state_dict,
@@ -25,7 +26,7 @@ from fusionlayer.recbole_compat import patch_recbole
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdapterOptions", "FeatureFusionLayer", "add_items", "FusionConfig", "MixerBlock", "MlpBlock", "M2SR", "MLPMixerRec", "attach", "detach",
+    "AdapterOptions", "FeatureFusionLayer", "add_items", "calibrate_cold_offset", "FusionConfig", "MixerBlock", "MlpBlock", "M2SR", "MLPMixerRec", "attach", "detach",
     "register_adapter", "list_adapters", "count_parameters", "fusion_state_dict", "load_fusion_state_dict", "backbone_state_dict", "load_backbone_state_dict",
     "is_attached", "patch_recbole",
 ]

@@ -23,7 +23,7 @@ from fusionlayer.encoders.cache import CachedFeatures
 from fusionlayer.features import as_feature_tables
 
 
-__all__ = ["attach", "detach", "register_adapter", "list_adapters", "get_adapter", "count_parameters",
+__all__ = ["attach", "calibrate_cold_offset", "detach", "register_adapter", "list_adapters", "get_adapter", "count_parameters",
            "fusion_state_dict", "load_fusion_state_dict", "backbone_state_dict", "load_backbone_state_dict", "is_attached",
            "add_items"]
 
@@ -250,6 +250,82 @@ def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], 
 # Keyed by id (a WeakKeyDictionary compares keys with ==, which for tensors is elementwise), dropped when
 # the parameter is collected.
 _GROWN: "dict[int, weakref.ref]" = {}
+
+
+@torch.no_grad()
+def calibrate_cold_offset(model: nn.Module, valid_data: Any, *, max_warm_loss: float = 0.02,
+                          grid: tuple[float, ...] | None = None) -> dict[str, Any]:
+    """Choose, on validation, a constant added to the scores of items scored from content alone, and set it.
+
+    Items with no ID embedding (unseen in training, or added with :func:`add_items`) are scored from their
+    content alone, on another scale than items with an ID embedding: content can order the new items well
+    among themselves and still leave every one of them below the known items. This picks the offset that
+    gives ``valid_data``'s cases whose target is such an item the highest NDCG@10 (full ranking), among the
+    offsets that cost the other cases at most ``max_warm_loss`` (relative) of their NDCG@10, and stores it on
+    the model (``fusion_adapter.cold_score_offset``, saved with its state dict): ``predict`` and
+    ``full_sort_predict`` add it from then on. Calling it again re-chooses from no offset.
+
+    Args:
+        model: a model attached with ``cold_dropout > 0`` (trained; the offset is chosen in eval mode).
+        valid_data: RecBole's full-sort validation dataloader (batches of ``(interaction, history_index,
+            positive_u, positive_i)``), whose cases include targets that are cold items.
+        max_warm_loss: the largest relative NDCG@10 loss allowed on the other cases, in [0, 1).
+        grid: candidate offsets in units of the validation scores' std (default
+            ``fusionlayer.evaluation.OFFSET_GRID``: 0 to 8 in steps of 0.25).
+
+    Returns:
+        ``{"offset", "offset_in_std", "before", "after"}``: the offset set, and the validation NDCG@10, Hit@10
+        and case counts of the cold and the warm targets without and with it.
+
+    Raises:
+        ValueError: not attached, attached without ``cold_dropout``, no item flagged cold, no validation case
+            with a cold target, ``max_warm_loss`` outside [0, 1).
+        TypeError: ``valid_data`` does not yield full-sort evaluation batches.
+    """
+    from fusionlayer.evaluation import OFFSET_GRID, case_targets, choose_cold_offset, ranking_scores
+
+    if not is_attached(model):
+        raise ValueError(f"{type(model).__name__} has no fusion layer attached; attach(model, features, "
+                         "cold_dropout=0.3, dataset=...) and train it first")
+    adapter = model.fusion_adapter
+    if adapter.options.cold_dropout <= 0:
+        raise ValueError(f"calibrate_cold_offset needs a model attached with cold_dropout > 0, got cold_dropout="
+                         f"{adapter.options.cold_dropout}: without it, items unseen in training keep their (untrained) "
+                         "ID embeddings and are not scored from content alone")
+    if not isinstance(max_warm_loss, (int, float)) or isinstance(max_warm_loss, bool) or not 0 <= max_warm_loss < 1:
+        raise ValueError(f"max_warm_loss must be a number in [0, 1) (a relative NDCG@10 loss), got {max_warm_loss!r}")
+    cold = adapter.cold_items.reshape(-1).cpu()
+    if not bool(cold.any()):
+        raise ValueError("no item is scored from content alone (none was unseen in the training dataset given to "
+                         "attach(..., dataset=...), none added with add_items): there is nothing to calibrate")
+    was_training, previous = model.training, adapter.cold_score_offset.clone()
+    model.eval()
+    adapter.cold_score_offset.zero_()  # choose from the uncalibrated scores
+    try:
+        scores, targets = [], []
+        for batch in valid_data:
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 4):
+                raise TypeError("valid_data must be RecBole's full-sort evaluation dataloader, whose batches are "
+                                f"(interaction, history_index, positive_u, positive_i); got a batch of {type(batch).__name__}"
+                                + (f" with {len(batch)} parts" if isinstance(batch, (tuple, list)) else ""))
+            interaction, history_index, positive_u, positive_i = batch
+            rows, t = case_targets(len(interaction), positive_u, positive_i)
+            scores.append(ranking_scores(model, interaction.to(previous.device), history_index)[rows])
+            targets.append(t)
+        targets = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.long)
+        if not bool(cold[targets].any()):
+            raise ValueError(f"none of valid_data's {len(targets)} cases has a target scored from content alone: "
+                             "the offset would be chosen blind; validate on cases that include new or unseen items")
+        choice = choose_cold_offset(torch.cat(scores), targets, cold, max_warm_loss=float(max_warm_loss),
+                                    grid=OFFSET_GRID if grid is None else tuple(grid))
+    except BaseException:
+        adapter.cold_score_offset.copy_(previous)
+        raise
+    finally:
+        model.train(was_training)
+    adapter.cold_score_offset.fill_(choice["offset"])
+    adapter.clear_cache()
+    return choice
 
 
 def _remember_grown(param: torch.Tensor) -> None:

@@ -99,6 +99,95 @@ def test_a_fusion_line_with_an_earlier_default_recipe_is_stale(tmp_path, monkeyp
     assert "| BPR | fusion | 0,2 |" in full                                         # seed 1's stale line left out
 
 
+def test_a_remedy_study_records_its_overrides_and_keeps_out_of_the_main_file(tmp_path):
+    """--fusion-option overrides attach() options of the +fusion variants for a remedy study: it needs its own
+    --out, and its lines are current against their own overrides, not against attach()'s defaults."""
+    from benchmarks import compat
+
+    with pytest.raises(SystemExit):  # the benchmark's own file holds attach()'s defaults only
+        coldstart.parse_args(["--fusion-option", "reduce_features=16"])
+    with pytest.raises(SystemExit):  # fusion+cold's own option has its own flag
+        coldstart.parse_args(["--fusion-option", "cold_dropout=0.5", "--out", str(tmp_path / "r.jsonl")])
+    with pytest.raises(SystemExit):  # M2SR standalone has no attach() recipe to override
+        coldstart.parse_args(["--fusion-option", "reduce_features=16", "--out", str(tmp_path / "r.jsonl")])
+    with pytest.raises(SystemExit):  # checked by attach()'s own option validation before any training
+        coldstart.parse_args(["--models", "BPR", "--fusion-option", "reduce_features=0", "--out", str(tmp_path / "r.jsonl")])
+    args = coldstart.parse_args(["--models", "BPR,ContentKNN", "--fusion-option", "reduce_features=16",
+                                 "--out", str(tmp_path / "r.jsonl")])
+    assert args.fusion_options == {"reduce_features": 16}
+
+    reduced = {**compat.resolved_recipe("BPR", {**compat.load_hparams()["fusion"], "reduce_features": 16}),
+               "cold_dropout": 0.3}
+    row = {**_row("BPR", "fusion+cold", 0, [0.05] * 6, 0.07), "fusion": reduced, "fusion_options": {"reduce_features": 16}}
+    assert coldstart.same_recipe(row) and coldstart.same_recipe(row, 0.3, {"reduce_features": 16})
+    assert not coldstart.same_recipe(row, 0.3, {})                        # against the defaults: another recipe
+    assert not coldstart.same_recipe({k: v for k, v in row.items() if k != "fusion_options"})  # unrecorded overrides
+
+
+def test_the_remedy_report_picks_on_validation_never_on_test(tmp_path):
+    from benchmarks import compat
+
+    fusion = compat.load_hparams()["fusion"]
+
+    def arm(options, seed, valid_cold, valid_warm, test_cold):
+        row = _row("BPR", "fusion+cold", seed, [test_cold] * 6, 0.07)
+        row["fusion"] = {**compat.resolved_recipe("BPR", {**fusion, **options}), "cold_dropout": 0.3}
+        row["valid"] = {"cold": {"ndcg@10": valid_cold, "users": 6}, "warm": {"ndcg@10": valid_warm, "users": 40}}
+        row["probe"] = {"cold": {"content_only": {"median_rank": 100.0 + seed}}}
+        if options:
+            row["calibrated"] = {"test": {"cold": {"ndcg@10": 0.04}, "warm": {"ndcg@10": 0.068 + seed / 1000}}}
+        return {**row, **({"fusion_options": options} if options else {})}
+
+    files = {"baseline": [arm({}, s, 0.010, 0.070, 0.02) for s in (0, 1)],
+             "r16": [arm({"reduce_features": 16}, s, 0.030, 0.069, 0.00) for s in (0, 1)],   # picked: warm -1.4 %
+             "r4": [arm({"reduce_features": 4}, s, 0.050, 0.060, 0.09) for s in (0, 1, 2)]}  # warm -14 %: not allowed
+    paths = []
+    for name, rows in files.items():
+        paths.append(tmp_path / f"{name}.jsonl")
+        paths[-1].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = coldstart_report.remedy_report(paths)
+    assert "seeds 0,1 " in text and "**reduce_features=16** (2 seeds: provisional)" in text  # the best test arm is r4
+    assert "| attach() defaults | 0.0100 | 0.0700 | 0.0200 | 6 of 12 | 0.0700 | 100.5 | - |" in text  # hit@10 0.5 of 6, twice
+    assert "| reduce_features=16 | 0.0300 | 0.0690 | 0.0000 | 6 of 12 | 0.0700 | 100.5 | 0.0400 / 0.0685 |" in text
+    assert coldstart_report.main(["--remedy", *map(str, paths)]) == 0 and (tmp_path / "remedy.md").read_text() == text
+    with pytest.raises(ValueError, match="one file per arm"):
+        coldstart_report.remedy_report([paths[0], paths[0]])
+
+
+def test_the_cold_offset_is_chosen_on_validation_and_respects_the_warm_target():
+    """Cold items 1-3 are ordered right among themselves but sit below every warm item (4-23): a validation-chosen
+    offset lifts them; warm cases lose nothing while the offset leaves the cold items below their targets."""
+    n_items, cold_ids = 24, np.array([1, 2, 3])
+    gen = torch.Generator().manual_seed(0)
+
+    def cases(n_cold, n_warm):
+        scores = torch.rand(n_cold + n_warm, n_items, generator=gen) + 10.0       # warm items: 10-11
+        scores[:, 1:4] = torch.tensor([5.0, 4.0, 3.0])                          # cold items: 3-5, item 1 first
+        scores[:, 0] = -torch.inf                                               # padding
+        targets = torch.tensor([1] * n_cold + [4] * n_warm)
+        scores[n_cold:, 4] = 11.5                                               # warm targets: first among the warm
+        return scores, targets, np.arange(n_cold + n_warm)
+
+    valid, test = cases(5, 20), cases(4, 30)
+    out = coldstart.calibrate_cold_offset(valid, test, cold_ids)
+    # any offset that puts item 1 (5.0 + offset) above the warm items but below 11.5 costs the warm cases nothing
+    assert out["offset"] > 5.0 and out["valid"]["warm"]["ndcg@10"] >= 0.98
+    assert out["valid"]["cold"]["ndcg@10"] == 1.0 and out["test"]["cold"]["ndcg@10"] == 1.0
+    assert out["test"]["warm"]["ndcg@10"] >= 0.98 and out["test"]["cold"]["users"] == 4
+    assert out["per_user_cold_users"] == [0, 1, 2, 3] and out["per_user_cold_ndcg"] == [1.0] * 4
+    none = coldstart.split_metrics({"full": coldstart.offset_ranks(*test[:2], torch.zeros(n_items, dtype=torch.bool), 0.0),
+                                    "user": test[2]}, test[1].numpy(), cold_ids)
+    assert none["cold"]["ndcg@10"] == 0.0  # without the offset: every cold target below 20 warm items
+
+    # on validation the cold target is last among the cold items: an offset that lifts it into the top 10 lifts
+    # the two others above the warm targets (warm NDCG@10 1.0 -> 0.5); no allowed offset helps, so none is
+    # taken, although one would have helped the test cases (the test split never chooses)
+    v_scores, v_targets, v_users = cases(5, 20)
+    v_scores[:, 1:4] = torch.tensor([3.0, 4.0, 5.0])
+    out = coldstart.calibrate_cold_offset((v_scores, v_targets, v_users), test, cold_ids)
+    assert out["offset"] == 0.0 and out["valid"]["warm"]["ndcg@10"] == 1.0 and out["test"]["cold"]["ndcg@10"] == 0.0
+
+
 def test_report_counts_a_duplicated_run_once(tmp_path):
     rows = [_row("BPR", "plain", 0, [0.01] * 6, 0.07)] * 2
     with pytest.warns(UserWarning, match="duplicate run"):
@@ -121,7 +210,16 @@ def test_coldstart_quick_end_to_end(tmp_path):
         assert all(isinstance(x, float) for x in row["per_user_cold_ndcg"])
         assert {"commit", "device", "date", "command"} <= set(row)
         assert ("probe" in row) == (row["variant"] == "fusion+cold")  # where the cold targets go wrong
-    probe = next(r for r in rows if r["variant"] == "fusion+cold")["probe"]
+        # the validation cases' split too, where a recipe change is chosen
+        assert set(row["valid"]) == {"cold", "warm"} and row["valid"]["cold"]["users"] + row["valid"]["warm"]["users"] > 0
+        assert "fusion_options" not in row  # attach()'s defaults: no remedy overrides
+    cold_row = next(r for r in rows if r["variant"] == "fusion+cold")
+    calibrated = cold_row["calibrated"]  # the cold-score offset, chosen on validation within the warm target
+    assert calibrated["offset"] >= 0 and calibrated["test"]["cold"]["users"] == cold_row["cold"]["users"]
+    assert calibrated["valid"]["warm"]["ndcg@10"] >= 0.98 * cold_row["valid"]["warm"]["ndcg@10"] - 1e-9
+    assert calibrated["valid"]["cold"]["ndcg@10"] >= cold_row["valid"]["cold"]["ndcg@10"] - 1e-9
+    assert all("calibrated" not in r for r in rows if r["variant"] != "fusion+cold")
+    probe = cold_row["probe"]
     assert probe["cold"]["users"] == next(r for r in rows if r["variant"] == "fusion+cold")["cold"]["users"]
     assert set(probe["warm"]) == {"users", "full", "content_only"} and probe["content_norm"]["warm"] > 0
     assert probe["id_norm"]["warm"] > 0 and probe["target_interactions"]["warm"] >= 5  # 5-core data

@@ -338,3 +338,90 @@ def test_a_checkpoint_with_added_items_says_to_add_them_again(setups):
     fusionlayer.add_items(other, rows, ["k1", "k2"])
     other.load_state_dict(state)  # then it loads
     assert torch.equal(other.item_embedding.base_layer.weight, model.item_embedding.base_layer.weight)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_the_cold_offset_moves_only_cold_items_in_both_scoring_paths(name, setups):
+    model, train, batch, eval_batch = attached(name, setups, cold_dropout=0.3)
+    n = model.n_items
+    fusionlayer.add_items(model, new_rows(5), [f"o{i}" for i in range(5)])   # cold: scored from content alone
+    cold = model.fusion_adapter.cold_items.squeeze(1)
+    model.eval()
+    item_field = model.ITEM_ID if hasattr(model, "ITEM_ID") else "item_id"
+    pair = Interaction({key: value.clone() for key, value in batch.interaction.items()})
+    pair[item_field] = torch.where(torch.arange(len(pair)) % 2 == 0, torch.tensor(n + 1), pair[item_field])
+    with torch.no_grad():
+        full, single = model.full_sort_predict(eval_batch).view(len(eval_batch), -1), model.predict(pair)
+        model.fusion_adapter.cold_score_offset.fill_(2.5)
+        full_on, single_on = model.full_sort_predict(eval_batch).view(len(eval_batch), -1), model.predict(pair)
+    assert torch.equal(full_on[:, ~cold], full[:, ~cold])                       # warm items: bit for bit
+    torch.testing.assert_close(full_on[:, cold], full[:, cold] + 2.5)
+    is_cold = cold[pair[item_field]]
+    assert is_cold.any() and torch.equal(single_on[~is_cold], single[~is_cold])
+    torch.testing.assert_close(single_on[is_cold], single[is_cold] + 2.5)
+
+
+def _cases(eval_batch, targets):
+    """One full-sort validation batch of ``eval_batch``'s users with the given held-out items (no history mask)."""
+    return [(eval_batch, None, torch.arange(len(targets)), torch.as_tensor(targets))]
+
+
+def test_calibrate_cold_offset_chooses_on_validation_sets_and_saves_the_offset(setups):
+    model, train, batch, eval_batch = attached("SASRec", setups, cold_dropout=0.3)
+    n = model.n_items
+    new = fusionlayer.add_items(model, new_rows(6), [f"v{i}" for i in range(6)])
+    model.eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict(eval_batch).view(len(eval_batch), -1)
+    users = len(eval_batch)
+    # a quarter of the cases: the added item the user's content scores rank first among the new ones; the rest:
+    # the warm item the model ranks first (warm NDCG@10 1.0 without an offset, which any lift above it would cost)
+    targets = [new[int(scores[u, n:].argmax())] if u % 4 == 0 else int(scores[u, 1:n].argmax()) + 1
+               for u in range(users)]
+    before_offset = model.fusion_adapter.cold_score_offset.clone()
+    model.train()
+    out = fusionlayer.calibrate_cold_offset(model, _cases(eval_batch, targets))
+    assert model.training and float(before_offset) == 0.0  # train mode restored
+    assert out["before"]["warm"]["ndcg@10"] == 1.0 and out["after"]["warm"]["ndcg@10"] >= 0.98
+    assert out["after"]["cold"]["ndcg@10"] > out["before"]["cold"]["ndcg@10"] and out["offset"] > 0
+    assert float(model.fusion_adapter.cold_score_offset) == pytest.approx(out["offset"])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.full_sort_predict(eval_batch).view(users, -1)[:, n:], scores[:, n:] + out["offset"])
+
+    state = model.state_dict()  # saved with the model; a checkpoint from before the offset loads as uncalibrated
+    assert "fusion_adapter.cold_score_offset" in state and "cold_score_offset" in fusionlayer.fusion_state_dict(model)
+    twin, *_ = attached("SASRec", setups, cold_dropout=0.3)
+    fusionlayer.add_items(twin, new_rows(6), [f"v{i}" for i in range(6)])
+    twin.load_state_dict(state)
+    assert float(twin.fusion_adapter.cold_score_offset) == pytest.approx(out["offset"])
+    twin.load_state_dict({k: v for k, v in state.items() if k != "fusion_adapter.cold_score_offset"})
+    assert float(twin.fusion_adapter.cold_score_offset) == 0.0
+
+    again = fusionlayer.calibrate_cold_offset(model, _cases(eval_batch, targets))  # re-chosen from no offset
+    assert again["before"] == out["before"] and again["offset"] == pytest.approx(out["offset"])
+
+
+def test_calibrate_cold_offset_errors_leave_the_offset_as_it_was(setups):
+    model, train, batch, eval_batch = attached("SASRec", setups, cold_dropout=0.3)
+    plain, *_ = attached("SASRec", setups)
+    warm_only = _cases(eval_batch, [1] * len(eval_batch))
+    with pytest.raises(ValueError, match="cold_dropout > 0"):
+        fusionlayer.calibrate_cold_offset(plain, warm_only)
+    with pytest.raises(ValueError, match="no fusion layer attached"):
+        fusionlayer.calibrate_cold_offset(torch.nn.Linear(2, 2), warm_only)
+    with pytest.raises(ValueError, match=r"max_warm_loss must be a number in \[0, 1\)"):
+        fusionlayer.calibrate_cold_offset(model, warm_only, max_warm_loss=2)
+    adapter = model.fusion_adapter
+    adapter.cold_score_offset.fill_(0.7)
+    flags = adapter.cold_items
+    adapter.cold_items = torch.zeros_like(flags)
+    with pytest.raises(ValueError, match="no item is scored from content alone"):
+        fusionlayer.calibrate_cold_offset(model, warm_only)
+    adapter.cold_items = flags
+    fusionlayer.add_items(model, new_rows(2), ["e1", "e2"])
+    with pytest.raises(ValueError, match="none of valid_data's"):
+        fusionlayer.calibrate_cold_offset(model, [(eval_batch, None, torch.tensor([0]), torch.tensor([1]))])
+    with pytest.raises(TypeError, match="full-sort evaluation dataloader"):
+        fusionlayer.calibrate_cold_offset(model, [eval_batch])
+    assert float(model.fusion_adapter.cold_score_offset) == pytest.approx(0.7)
