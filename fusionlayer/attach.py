@@ -9,6 +9,7 @@ scores exactly like the base model until it trains. ``detach`` restores the orig
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from collections import Counter
@@ -279,7 +280,8 @@ def calibrate_cold_offset(model: nn.Module, valid_data: Any, *, max_warm_loss: f
 
     Raises:
         ValueError: not attached, attached without ``cold_dropout``, no item flagged cold, no validation case
-            with a cold target, ``max_warm_loss`` outside [0, 1).
+            with a cold target, target ids outside the model's items, ``max_warm_loss`` outside [0, 1), a
+            ``grid`` that is empty or not finite.
         TypeError: ``valid_data`` does not yield full-sort evaluation batches.
     """
     from fusionlayer.evaluation import OFFSET_GRID, case_targets, choose_cold_offset, ranking_scores
@@ -294,6 +296,9 @@ def calibrate_cold_offset(model: nn.Module, valid_data: Any, *, max_warm_loss: f
                          "ID embeddings and are not scored from content alone")
     if not isinstance(max_warm_loss, (int, float)) or isinstance(max_warm_loss, bool) or not 0 <= max_warm_loss < 1:
         raise ValueError(f"max_warm_loss must be a number in [0, 1) (a relative NDCG@10 loss), got {max_warm_loss!r}")
+    grid = OFFSET_GRID if grid is None else tuple(grid)
+    if not grid or not all(isinstance(k, (int, float)) and not isinstance(k, bool) and math.isfinite(k) for k in grid):
+        raise ValueError(f"grid must hold finite numbers (offsets in units of the validation scores' std), got {grid!r}")
     cold = adapter.cold_items.reshape(-1).cpu()
     if not bool(cold.any()):
         raise ValueError("no item is scored from content alone (none was unseen in the training dataset given to "
@@ -313,11 +318,14 @@ def calibrate_cold_offset(model: nn.Module, valid_data: Any, *, max_warm_loss: f
             scores.append(ranking_scores(model, interaction.to(previous.device), history_index)[rows])
             targets.append(t)
         targets = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.long)
+        if len(targets) and (int(targets.min()) < 1 or int(targets.max()) >= len(cold)):
+            raise ValueError(f"valid_data's target items run from id {int(targets.min())} to {int(targets.max())}, but "
+                             f"this model scores ids 1..{len(cold) - 1}: pass the validation loader built on the "
+                             "model's own dataset")
         if not bool(cold[targets].any()):
             raise ValueError(f"none of valid_data's {len(targets)} cases has a target scored from content alone: "
                              "the offset would be chosen blind; validate on cases that include new or unseen items")
-        choice = choose_cold_offset(torch.cat(scores), targets, cold, max_warm_loss=float(max_warm_loss),
-                                    grid=OFFSET_GRID if grid is None else tuple(grid))
+        choice = choose_cold_offset(torch.cat(scores), targets, cold, max_warm_loss=float(max_warm_loss), grid=grid)
     except BaseException:
         adapter.cold_score_offset.copy_(previous)
         raise

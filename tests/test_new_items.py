@@ -424,4 +424,9 @@ def test_calibrate_cold_offset_errors_leave_the_offset_as_it_was(setups):
         fusionlayer.calibrate_cold_offset(model, [(eval_batch, None, torch.tensor([0]), torch.tensor([1]))])
     with pytest.raises(TypeError, match="full-sort evaluation dataloader"):
         fusionlayer.calibrate_cold_offset(model, [eval_batch])
+    with pytest.raises(ValueError, match=r"target items run from id 1 to 99999, but this model scores ids 1\.\."):
+        fusionlayer.calibrate_cold_offset(model, [(eval_batch, None, torch.tensor([0, 1]), torch.tensor([1, 99999]))])
+    for grid in ([], [0.5, float("nan")], ["1"]):
+        with pytest.raises(ValueError, match="grid must hold finite numbers"):
+            fusionlayer.calibrate_cold_offset(model, warm_only, grid=grid)
     assert float(model.fusion_adapter.cold_score_offset) == pytest.approx(0.7)
