@@ -185,7 +185,9 @@ def remedy_report(paths: list[Path]) -> str:
                          f"{hits} of {sum(r['cold']['users'] for r in runs)} | {mean('test', 'warm'):.4f} | {probe_cell} "
                          f"| {offset_cell} |")
         base = means.get("attach() defaults")
-        if base is None:
+        if len(means) < 2:
+            lines += ["", "One arm only: nothing to choose between yet."]
+        elif base is None:
             lines += ["", "No baseline arm (a run without --fusion-option) to choose against."]
         else:
             allowed = {k: v for k, v in means.items() if v[1] >= 0.98 * base[1]}

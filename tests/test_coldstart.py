@@ -150,6 +150,7 @@ def test_the_remedy_report_picks_on_validation_never_on_test(tmp_path):
     assert "| attach() defaults | 0.0100 | 0.0700 | 0.0200 | 6 of 12 | 0.0700 | 100.5 | - |" in text  # hit@10 0.5 of 6, twice
     assert "| reduce_features=16 | 0.0300 | 0.0690 | 0.0000 | 6 of 12 | 0.0700 | 100.5 | 0.0400 / 0.0685 |" in text
     assert coldstart_report.main(["--remedy", *map(str, paths)]) == 0 and (tmp_path / "remedy.md").read_text() == text
+    assert "One arm only" in coldstart_report.remedy_report(paths[:1])
     with pytest.raises(ValueError, match="one file per arm"):
         coldstart_report.remedy_report([paths[0], paths[0]])
 
