@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from fusionlayer.adapters.base import FusionAdapter, _ColdMaskedLoss
-from fusionlayer.evaluation import choose_cold_offset
+from fusionlayer.evaluation import case_scores, choose_cold_offset, group_ndcg, offset_ranks
 from benchmarks import compat
 from benchmarks.cli_args import names, set_threads
 from benchmarks.provenance import git_commit, provenance
@@ -153,13 +153,10 @@ class _FixedMask:
 def split_metrics(ranks: dict[str, np.ndarray], targets: np.ndarray, cold_ids: np.ndarray) -> dict:
     metrics = metrics_from_ranks(ranks["full"])
     is_cold = np.isin(targets, cold_ids)
-    out = {}
+    out = group_ndcg(ranks["full"], is_cold)
     for group, rows in (("cold", is_cold), ("warm", ~is_cold)):
-        out[group] = {"ndcg@10": round(float(metrics["ndcg@10"][rows].mean()), 6) if rows.any() else None,
-                      "hit@10": round(float(metrics["hit@10"][rows].mean()), 6) if rows.any() else None,
-                      "users": int(rows.sum()),
-                      # where the target lands beyond the top 10 (1 = first): tells "near miss" from "never considered"
-                      "median_rank": float(np.median(ranks["full"][rows]) + 1) if rows.any() else None}
+        # where the target lands beyond the top 10 (1 = first): tells "near miss" from "never considered"
+        out[group]["median_rank"] = float(np.median(ranks["full"][rows]) + 1) if rows.any() else None
     # one value per cold test case, ordered by user id (one test case per user), so that runs of one seed align
     users, ndcg = ranks["user"][is_cold], metrics["ndcg@10"][is_cold]
     order = np.argsort(users, kind="stable")
@@ -304,26 +301,6 @@ def probe_content(model, test_data, cold_ids: np.ndarray, device: str = "cpu",
         out["target_interactions"] = {group: float(np.median(counts[rows])) if rows.any() else None
                                       for group, rows in (("cold", is_cold), ("warm", ~is_cold))}
     return out
-
-
-@torch.no_grad()
-def case_scores(model, eval_data, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """``(scores, targets, users)`` of every evaluation case: (cases, n_items) scores as :func:`rank_users` ranks
-    them (padding and history at -inf), each case's held-out item and its user id."""
-    model.eval()
-    scores, targets, users = [], [], []
-    for interaction, history_index, positive_u, positive_i in eval_data:
-        interaction = interaction.to(device)
-        rows, t = case_targets(len(interaction), positive_u, positive_i)
-        scores.append(ranking_scores(model, interaction, history_index)[rows])
-        targets.append(t)
-        users.append(interaction[model.USER_ID].cpu()[rows])
-    return torch.cat(scores), torch.cat(targets), torch.cat(users).numpy()
-
-
-def offset_ranks(scores: torch.Tensor, targets: torch.Tensor, cold: torch.Tensor, offset: float) -> np.ndarray:
-    """Each case's rank (0 = first) once ``offset`` is added to the scores of the items flagged ``cold``."""
-    return ranks_of(scores + offset * cold.to(scores.dtype), targets).numpy()
 
 
 def calibrate_cold_offset(valid: tuple, test: tuple, cold_ids: np.ndarray) -> dict:

@@ -284,7 +284,7 @@ def calibrate_cold_offset(model: nn.Module, valid_data: Any, *, max_warm_loss: f
             ``grid`` that is empty or not finite.
         TypeError: ``valid_data`` does not yield full-sort evaluation batches.
     """
-    from fusionlayer.evaluation import OFFSET_GRID, case_targets, choose_cold_offset, ranking_scores
+    from fusionlayer.evaluation import OFFSET_GRID, case_scores, choose_cold_offset
 
     if not is_attached(model):
         raise ValueError(f"{type(model).__name__} has no fusion layer attached; attach(model, features, "
@@ -307,17 +307,10 @@ def calibrate_cold_offset(model: nn.Module, valid_data: Any, *, max_warm_loss: f
     model.eval()
     adapter.cold_score_offset.zero_()  # choose from the uncalibrated scores
     try:
-        scores, targets = [], []
-        for batch in valid_data:
-            if not (isinstance(batch, (tuple, list)) and len(batch) == 4):
-                raise TypeError("valid_data must be RecBole's full-sort evaluation dataloader, whose batches are "
-                                f"(interaction, history_index, positive_u, positive_i); got a batch of {type(batch).__name__}"
-                                + (f" with {len(batch)} parts" if isinstance(batch, (tuple, list)) else ""))
-            interaction, history_index, positive_u, positive_i = batch
-            rows, t = case_targets(len(interaction), positive_u, positive_i)
-            scores.append(ranking_scores(model, interaction.to(previous.device), history_index)[rows])
-            targets.append(t)
-        targets = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.long)
+        try:
+            scores, targets, _ = case_scores(model, valid_data, previous.device)
+        except TypeError as exc:
+            raise TypeError(f"valid_data: {exc}") from None
         if len(targets) and (int(targets.min()) < 1 or int(targets.max()) >= len(cold)):
             raise ValueError(f"valid_data's target items run from id {int(targets.min())} to {int(targets.max())}, but "
                              f"this model scores ids 1..{len(cold) - 1}: pass the validation loader built on the "
@@ -325,7 +318,7 @@ def calibrate_cold_offset(model: nn.Module, valid_data: Any, *, max_warm_loss: f
         if not bool(cold[targets].any()):
             raise ValueError(f"none of valid_data's {len(targets)} cases has a target scored from content alone: "
                              "the offset would be chosen blind; validate on cases that include new or unseen items")
-        choice = choose_cold_offset(torch.cat(scores), targets, cold, max_warm_loss=float(max_warm_loss), grid=grid)
+        choice = choose_cold_offset(scores, targets, cold, max_warm_loss=float(max_warm_loss), grid=grid)
     except BaseException:
         adapter.cold_score_offset.copy_(previous)
         raise

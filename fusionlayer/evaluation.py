@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["K", "OFFSET_GRID", "case_targets", "choose_cold_offset", "group_ndcg", "metrics_from_ranks", "ranking_scores",
-           "ranks_of"]
+__all__ = ["K", "OFFSET_GRID", "case_scores", "case_targets", "choose_cold_offset", "group_ndcg", "metrics_from_ranks",
+           "offset_ranks", "ranking_scores", "ranks_of"]
 
 K = 10
 
@@ -35,6 +35,37 @@ def case_targets(n: int, positive_u: torch.Tensor, positive_i: torch.Tensor) -> 
 def ranks_of(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per row, the number of items scored strictly higher than the row's target (0 = first)."""
     return (scores > scores.gather(1, targets.unsqueeze(1))).sum(1)
+
+
+@torch.no_grad()
+def case_scores(model, eval_data, device="cpu") -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """``(scores, targets, users)`` of every case of a full-sort evaluation loader: (cases, n_items) scores as
+    :func:`ranking_scores` gives them, each case's held-out item, and its user id (None when the batches carry
+    no ``model.USER_ID`` field). Raises TypeError for batches that are not ``(interaction, history_index,
+    positive_u, positive_i)``."""
+    scores, targets, users = [], [], []
+    uid = getattr(model, "USER_ID", None)
+    for batch in eval_data:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 4):
+            raise TypeError("expected RecBole's full-sort evaluation dataloader, whose batches are (interaction, "
+                            f"history_index, positive_u, positive_i); got a batch of {type(batch).__name__}"
+                            + (f" with {len(batch)} parts" if isinstance(batch, (tuple, list)) else ""))
+        interaction, history_index, positive_u, positive_i = batch
+        rows, t = case_targets(len(interaction), positive_u, positive_i)
+        scores.append(ranking_scores(model, interaction.to(device), history_index)[rows])
+        targets.append(t)
+        if users is not None and uid is not None and uid in interaction:
+            users.append(interaction[uid].cpu()[rows])
+        else:
+            users = None
+    if not targets:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), np.zeros(0, dtype=np.int64)
+    return torch.cat(scores), torch.cat(targets), torch.cat(users).numpy() if users is not None else None
+
+
+def offset_ranks(scores: torch.Tensor, targets: torch.Tensor, cold: torch.Tensor, offset: float) -> np.ndarray:
+    """Each case's rank (0 = first) once ``offset`` is added to the scores of the items flagged ``cold``."""
+    return ranks_of(scores + offset * cold.to(scores.dtype), targets).numpy()
 
 
 def metrics_from_ranks(ranks: np.ndarray) -> dict[str, np.ndarray]:
@@ -65,13 +96,12 @@ def choose_cold_offset(scores: torch.Tensor, targets: torch.Tensor, cold: torch.
     finite = torch.isfinite(scores)
     std = float(scores[finite].std()) if int(finite.sum()) > 1 else 0.0
     is_cold = cold[targets].numpy()
-    shift = cold.to(scores.dtype)
     before = group_ndcg(ranks_of(scores, targets).numpy(), is_cold)
     best, floor = (0.0, before), (1 - max_warm_loss) * (before["warm"]["ndcg@10"] or 0.0)
     for k in grid:
         if k == 0:
             continue
-        split = group_ndcg(ranks_of(scores + k * std * shift, targets).numpy(), is_cold)
+        split = group_ndcg(offset_ranks(scores, targets, cold, k * std), is_cold)
         if (split["warm"]["ndcg@10"] or 0.0) >= floor and (split["cold"]["ndcg@10"] or 0.0) > (best[1]["cold"]["ndcg@10"] or 0.0):
             best = (k, split)
     return {"offset": best[0] * std, "offset_in_std": best[0], "before": before, "after": best[1]}
