@@ -46,12 +46,33 @@ from benchmarks.provenance import git_commit, provenance
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-DATASETS = ["ml-100k", "ml-1m"]
+PROTOCOLS = HERE / "protocols"
+DATASETS = sorted(p.stem for p in PROTOCOLS.glob("*.json"))  # one protocol file per benchmarked dataset
 logger = logging.getLogger("fusionlayer.bench.compat")
 
 
-def load_hparams(path: Path = HERE / "compat_config.json") -> dict:
-    return json.loads(path.read_text())
+def load_protocol(dataset: str) -> dict:
+    """``benchmarks/protocols/<dataset>.json``: the dataset's RecBole protocol (over
+    ``fusionlayer.data.recbole_data.PROTOCOL``), its modalities, their encoders and where its item content is."""
+    path = PROTOCOLS / f"{dataset}.json"
+    if not path.is_file():
+        raise KeyError(f"no benchmark protocol for dataset {dataset!r}: expected {path}; "
+                       f"datasets with one: {DATASETS}")
+    protocol = json.loads(path.read_text())
+    missing = {"recbole", "modalities", "encoders", "content"} - set(protocol)
+    if missing:
+        raise ValueError(f"{path} lacks {sorted(missing)}; see benchmarks/protocols/ml-100k.json for the fields")
+    return protocol
+
+
+def load_hparams(path: Path = HERE / "compat_config.json", dataset: str = "ml-100k") -> dict:
+    """compat_config.json's hyper-parameters with ``dataset``'s protocol: ``recbole`` (RecBole overrides),
+    ``modalities``, ``encoders`` and ``content`` (the feature source's options, None for a built-in one)."""
+    hparams = json.loads(path.read_text())
+    protocol = load_protocol(dataset)
+    hparams.update({key: protocol[key] for key in ("modalities", "encoders", "content")})
+    hparams["recbole"] = protocol["recbole"]
+    return hparams
 
 
 def grid(models: list[str], seeds: list[int], *, fusion_only: bool = False,
@@ -87,8 +108,7 @@ def identical_fusion_run(path: Path, model: str, seed: int, hparams: dict) -> di
     """
     from fusionlayer.config import AdapterOptions
 
-    if hparams.get("modalities", ["text", "image"]) != ["text", "image"]:
-        return None
+    modalities = sorted(hparams.get("modalities", ["text", "image"]))
     expected = {**hparams["common"], **hparams["models"][model], "fusion": resolved_recipe(model, hparams["fusion"])}
     off = AdapterOptions().to_dict()  # an option added after a run was recorded is absent from its line; its
     # off value (cold_dropout 0, reduce_features None) is the behaviour the run had, anything else is not
@@ -98,7 +118,7 @@ def identical_fusion_run(path: Path, model: str, seed: int, hparams: dict) -> di
         if isinstance(fusion, dict):
             recorded["fusion"] = {**{k: v for k, v in expected["fusion"].items() if k not in fusion and v == off.get(k)}, **fusion}
         if (row.get("model"), row.get("variant"), row.get("seed"), bool(row.get("quick"))) == (model, "fusion", seed, False) \
-                and sorted(row.get("modalities") or ["text", "image"]) == ["image", "text"] and recorded == expected:
+                and sorted(row.get("modalities") or ["text", "image"]) == modalities and recorded == expected:
             return {**row, "reused_from": row.get("reused_from") or str(path.relative_to(RESULTS) if path.is_relative_to(RESULTS) else path.name)}
     return None
 
@@ -142,8 +162,14 @@ def load_tables(dataset_name: str, train_dataset, args, hparams) -> dict:
 
     modalities = tuple(hparams.get("modalities", ("text", "image")))
     aligned = load_features(dataset_name, train_dataset, modalities, encoders=hparams["encoders"],
-                            data_root=args.data_dir, cache_dir=args.cache_dir, progress=False)
+                            data_root=args.data_dir, cache_dir=args.cache_dir, progress=False,
+                            **(hparams.get("content") or {}))
     return {name: a.features for name, a in aligned.items()}
+
+
+def needs_features(model_name: str, variant: str) -> bool:
+    """Whether a run reads item content: a +fusion backbone, or M2SR."""
+    return variant == "fusion" or model_name == "M2SR"
 
 
 def build_run(model_name: str, variant: str, seed: int, args, hparams: dict, *, data_root: Path | None = None,
@@ -155,13 +181,13 @@ def build_run(model_name: str, variant: str, seed: int, args, hparams: dict, *, 
     from recbole.utils import init_seed
 
     cls = model_class(model_name)
-    overrides = {**hparams["common"], **hparams["models"][model_name], "seed": seed, "reproducibility": True,
+    overrides = {**hparams.get("recbole", {}), **hparams["common"], **hparams["models"][model_name], "seed": seed,
+                 "reproducibility": True,
                  "device": args.device, "use_gpu": args.device.startswith("cuda"), **(extra or {})}
     config = recbole_config(cls, dataset_name or args.dataset, data_root=data_root, overrides=overrides)
     init_seed(seed, True)
     dataset, train_data, valid_data, test_data = prepare_data(config)
-    needs_features = variant == "fusion" or model_name == "M2SR"
-    tables = load_tables(args.dataset, train_data.dataset, args, hparams) if needs_features else {}
+    tables = load_tables(args.dataset, train_data.dataset, args, hparams) if needs_features(model_name, variant) else {}
     init_seed(seed, True)
     model = cls(config, train_data.dataset, features=tables) if model_name == "M2SR" else cls(config, train_data.dataset)
     if variant == "fusion":
@@ -227,7 +253,8 @@ def run_one(model_name: str, variant: str, seed: int, args, hparams: dict, *, st
         recipe = model.fusion_adapter.options.to_dict() if variant == "fusion" else None
         fingerprint = {"dataset": args.dataset, "model": model_name, "variant": variant, "seed": seed,
                        "quick": bool(args.quick), "hparams": {**hparams["common"], **hparams["models"][model_name]},
-                       "fusion": recipe, "modalities": hparams.get("modalities"), "device": args.device}
+                       "fusion": recipe, "modalities": hparams.get("modalities"), "device": args.device,
+                       **({"recbole": hparams["recbole"]} if hparams.get("recbole") else {})}
         trained = train_and_rank(config, model, data, args.device, seed, state_dir=state_dir, fingerprint=fingerprint)
     finally:
         shutil.rmtree(extra["checkpoint_dir"], ignore_errors=True)
@@ -237,6 +264,7 @@ def run_one(model_name: str, variant: str, seed: int, args, hparams: dict, *, st
     test_ndcg = metrics_from_ranks(ranks["test"]["full"])["ndcg@10"]
     return {
         "dataset": args.dataset, "model": model_name, "variant": variant, "seed": seed, "quick": bool(args.quick),
+        "modalities": list(hparams.get("modalities", ["text", "image"])) if needs_features(model_name, variant) else [],
         "test": summarise(ranks["test"]), "valid": summarise(ranks["valid"]), **trained,
         "params": int(counts["total"]), "fusion_params": int(counts["fusion"]),
         "n_users": int(dataset.user_num - 1), "n_items": int(dataset.item_num - 1), "n_inter": int(len(dataset.inter_feat)),
@@ -317,7 +345,7 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     if args.workers > 1:
         return run_workers(args, sys.argv[1:] if argv is None else list(argv))
-    hparams = load_hparams()
+    hparams = load_hparams(dataset=args.dataset)
     hparams["fusion"] = {**hparams["fusion"], **args.fusion_options}
     if args.patience is not None:
         hparams["common"]["stopping_step"] = args.patience

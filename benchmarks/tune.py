@@ -99,7 +99,7 @@ def _record(out: Path, model: str, candidate: dict, seed: int, args, recipe: dic
 def run(args, space: dict) -> None:
     """Run every candidate not yet recorded, on the space's seed, in the space's order (only ``args.candidates``
     when given). The 'default' candidate reuses the main grid's identical +fusion run when there is one."""
-    hparams = compat.load_hparams()
+    hparams = compat.load_hparams(dataset=args.dataset)
     wanted = getattr(args, "candidates", None)
     grid = compat.RESULTS / f"compat-{args.dataset}.jsonl"
     for model in args.models:
@@ -122,7 +122,7 @@ def confirm(args, space: dict) -> None:
     With ``args.candidates``, those candidates are trained on the confirm seeds now, whether or not the search is
     complete and whatever it picks (a second lane can run them while the search's last runs train). This changes
     nothing in the decision: :func:`pick` still adopts only the search's own pick, and reads only its runs."""
-    hparams = compat.load_hparams()
+    hparams = compat.load_hparams(dataset=args.dataset)
     grid = compat.RESULTS / f"compat-{args.dataset}.jsonl"
     by_name = {c["name"]: c for c in space["candidates"]}
     named = [name for name in (getattr(args, "candidates", None) or []) if name != "default"]

@@ -7,7 +7,7 @@ from fusionlayer.data.movielens import (
     ensure_dataset,
     item_text,
     load_item_content,
-    slice_users,
 )
+from fusionlayer.data.slicing import slice_users
 
 __all__ = ["DATASETS", "ItemContent", "default_data_root", "ensure_dataset", "item_text", "load_item_content", "slice_users"]

@@ -36,8 +36,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DATASETS", "ItemContent", "default_data_root", "ensure_dataset", "item_text", "load_item_content",
-           "slice_users"]
+__all__ = ["DATASETS", "ItemContent", "default_data_root", "ensure_dataset", "item_text", "load_item_content"]
 
 # name -> GroupLens archive, its published MD5, and the folder inside the zip.
 DATASETS = {
@@ -113,22 +112,6 @@ def ensure_dataset(name: str, data_root: str | Path | None = None, *, archive: s
         _convert(name, tmp / "raw" / spec["folder"], out)
         os.replace(out, target)  # atomic: the folder appears complete or not at all
     return target
-
-
-def slice_users(name: str, users: int, out_root: str | Path, data_root: str | Path | None = None) -> str:
-    """Write the interactions of users ``1..users`` of ``name`` as dataset ``<name>-u<users>`` under ``out_root``.
-
-    Returns the new dataset's name. Item tokens are unchanged, so the feature cache serves it.
-    """
-    folder = ensure_dataset(name, data_root)
-    sliced = f"{name}-u{users}"
-    target = Path(out_root) / sliced
-    target.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{name}.inter") as f:
-        lines = f.read().splitlines()
-    keep = [lines[0]] + [line for line in lines[1:] if int(line.split("\t")[0]) <= users]
-    (target / f"{sliced}.inter").write_text("\n".join(keep) + "\n")
-    return sliced
 
 
 def _convert(name: str, raw: Path, out: Path) -> None:
