@@ -11,6 +11,10 @@ Where fusion enters, and why:
   ``full_sort_predict``) returns the user embedding plus the fused history (ID stream: the history's
   item embeddings; plus image and text) through ``user_out`` (zero at attach). MF's user vector is
   a free parameter learnt from few interactions; the history's content gives it a prior.
+* **The positive left out** (``hold_out_target=True``). The history holds every training item, so in
+  training each positive sits in its own user's history, which evaluation never has: the content path
+  can learn to score an item by its likeness to itself. With the option, a training step's fused
+  history leaves out the positive being scored (one history per case instead of one per user).
 * **Candidate side.** ``item_embedding`` becomes a :class:`ContentEmbedding`, so every score,
   including ``full_sort_predict``'s ``item_embedding.weight``, sees the item's content.
 
@@ -51,7 +55,7 @@ def user_histories(dataset, n_users: int, max_len: int) -> tuple[torch.Tensor, t
 
 class BPRAdapter(FusionAdapter):
     candidate_embeddings = ("item_embedding",)
-    overrides = ("get_user_embedding", "full_sort_predict")
+    overrides = ("get_user_embedding", "calculate_loss", "full_sort_predict")
     id_stream_dim_attr = "embedding_size"
 
     def __init__(self, model: nn.Module, tables, *, options, dataset=None) -> None:
@@ -90,9 +94,23 @@ class BPRAdapter(FusionAdapter):
         user_e = self.model.get_user_embedding(interaction[self.model.USER_ID])
         return self.score_items(user_e, self.model.item_embedding.weight).view(-1)
 
+    def fused_calculate_loss(self, interaction) -> torch.Tensor:
+        """BPR's own loss; with ``hold_out_target`` in a training step, the positives are left out of their users'
+        fused histories (read by :meth:`fused_get_user_embedding` from the step's scope)."""
+        if self.options.hold_out_target and self.history_on and self._scope is not None \
+                and self._scope.get("training_loss"):
+            self._scope["held_out"] = interaction[self.model.ITEM_ID]
+        return self.base_calculate_loss(interaction)
+
     def fused_get_user_embedding(self, user: torch.Tensor) -> torch.Tensor:
         if not self.history_on:
             return self.base_get_user_embedding(user)
+        held = self._scope.get("held_out") if self._scope is not None else None
+        if held is not None and held.shape == user.shape:  # a history per case: the positive left out
+            history = self.history[user]
+            history = history.masked_fill(history == held.to(history.device).unsqueeze(1), 0)
+            fused = self.fuse_history(history, id_sequence=self.model.item_embedding(history))
+            return self.base_get_user_embedding(user) + fused
         users, inverse = torch.unique(user, return_inverse=True)  # a batch repeats users: fuse each once
         history, embedding = self.history[users], self.model.item_embedding
         # inference reads the whole fused table (cached across calls); training the histories' rows only

@@ -37,7 +37,23 @@ TUNING = compat.RESULTS / "tuning"
 logger = logging.getLogger("fusionlayer.bench.tune")
 
 
+SPACES = TUNING  # where the declared spaces are (results may go elsewhere: TUNING)
+
+
+def space_path(dataset: str) -> Path:
+    """The declared search space of ``dataset``: ``space.json`` for ML-100K (the first), else ``space-<dataset>.json``."""
+    return SPACES / ("space.json" if dataset == "ml-100k" else f"space-{dataset}.json")
+
+
+def outputs(dataset: str) -> tuple[Path, Path]:
+    """Where ``--pick`` writes: ``picks.json`` and ``report.md`` for ML-100K, else ``picks-<dataset>.json``, ``report-<dataset>.md``."""
+    suffix = "" if dataset == "ml-100k" else f"-{dataset}"
+    return TUNING / f"picks{suffix}.json", TUNING / f"report{suffix}.md"
+
+
 def load_space(path: Path = TUNING / "space.json") -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"no search space at {path}: declare one (see {TUNING / 'space.json'}) before its runs")
     space = json.loads(path.read_text())
     names = [c["name"] for c in space["candidates"]]
     if len(set(names)) != len(names) or "default" not in names:
@@ -87,7 +103,7 @@ def _record(out: Path, model: str, candidate: dict, seed: int, args, recipe: dic
         else:
             logger.info("%s %s seed %d: the identical run of %s (same protocol and recipe), reused", model, name, seed,
                         row["reused_from"])
-        row.update(candidate=name, modalities=candidate.get("modalities", ["text", "image"]))
+        row.update(candidate=name, modalities=candidate.get("modalities", recipe.get("modalities", ["text", "image"])))
         compat.append_result(out, row)
         shutil.rmtree(compat.run_state_dir(out, key), ignore_errors=True)
         logger.info("  valid ndcg@10 %.4f (best epoch %d of %d)", row["valid"]["full"]["ndcg@10"],
@@ -104,7 +120,7 @@ def run(args, space: dict) -> None:
     grid = compat.RESULTS / f"compat-{args.dataset}.jsonl"
     for model in args.models:
         for candidate in space["candidates"]:
-            if not wanted or candidate["name"] in wanted:
+            if (not wanted or candidate["name"] in wanted) and model in candidate.get("models", space["models"]):
                 _record(results_path(args.dataset, model), model, candidate, space["seed"], args,
                         _recipe(hparams, candidate), grid if candidate["name"] == "default" else None)
 
@@ -258,7 +274,7 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(BACKBONES))
-    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--dataset", default="ml-100k", help=f"one of {compat.DATASETS}")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--device", default="cpu")
@@ -275,7 +291,7 @@ def main(argv=None) -> int:
     if args.confirm and args.pick:
         parser.error("--confirm runs confirmation seeds and --pick only reads recorded runs: give one of them")
     args.models = names(parser, args.models, BACKBONES, "--models")
-    space = load_space()
+    space = load_space(space_path(args.dataset))
     if args.candidates is not None:
         args.candidates = names(parser, args.candidates, [c["name"] for c in space["candidates"]], "--candidates")
     args.quick = False
@@ -289,8 +305,9 @@ def main(argv=None) -> int:
         run(args, space)
     picks = pick(args.dataset, space)
     made = provenance("benchmarks.tune", argv)
-    atomic_write_json(TUNING / "picks.json", {**made, "picks": picks})
-    atomic_write_bytes(TUNING / "report.md", tuning_report(args.dataset, space, picks, made).encode())
+    picks_file, report_file = outputs(args.dataset)
+    atomic_write_json(picks_file, {**made, "picks": picks})
+    atomic_write_bytes(report_file, tuning_report(args.dataset, space, picks, made).encode())
     for model, p in picks.items():
         print(f"{model}: pick {p['pick']} ({p['valid_ndcg@10'].get(p['pick'])} valid NDCG@10; "
               f"default {p['valid_ndcg@10'].get('default')}, plain {p['plain_valid_ndcg@10']}); adopted {p['adopted']}")

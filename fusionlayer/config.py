@@ -111,6 +111,10 @@ class AdapterOptions:
     cold_dropout: float = 0.0  # training: hide this share of items' ID embeddings per step (DropoutNet); > 0 also
     # scores items never seen in training (and items added later) from content alone, and keeps them out of
     # training steps' negatives (cross-entropy logits, sampled negatives), which would only ever push them down
+    hold_out_target: bool = False  # training: a user's fused history leaves out the item scored as the positive.
+    # For backbones whose history is the user's whole training set (BPR); without it every training positive sits in
+    # its own user's history, a leak that evaluation never has. Sequential backbones' histories end before the target
+    # already: no effect there.
     reduce_features: int | None = None  # large catalogues: each table -> its top-r principal directions, once at
     # attach time, read in row chunks (fusionlayer/reduction.py); None keeps the tables exact
 
@@ -123,6 +127,9 @@ class AdapterOptions:
                                                  or isinstance(self.reduce_features, bool) or self.reduce_features < 1):
             raise ValueError(f"reduce_features must be a positive int (columns kept per table) or None, "
                              f"got {self.reduce_features!r}")
+        if not isinstance(self.hold_out_target, bool):
+            raise TypeError(f"hold_out_target must be True or False, got {type(self.hold_out_target).__name__} "
+                            f"{self.hold_out_target!r}")
         if self.side not in SIDES:
             raise ValueError(f"side must be one of {list(SIDES)}, got {self.side!r}")
         self.fusion_config({"id": 1}, 1)  # the FusionConfig checks, now rather than at install time
@@ -137,7 +144,8 @@ class AdapterOptions:
         return replace(cls(**dict(defaults or {})), **dict(options))
 
     def fusion_config(self, modality_dims: Mapping[str, int], default_max_seq_length: int) -> FusionConfig:
-        adapter_only = {"output_dropout", "output_scale", "side", "max_seq_length", "cold_dropout", "reduce_features"}
+        adapter_only = {"output_dropout", "output_scale", "side", "max_seq_length", "cold_dropout", "reduce_features",
+                        "hold_out_target"}
         values = {k: v for k, v in asdict(self).items() if k not in adapter_only}
         return FusionConfig(modality_dims=dict(modality_dims), max_seq_length=self.max_seq_length or default_max_seq_length,
                             **values)

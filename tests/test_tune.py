@@ -191,7 +191,7 @@ def test_the_grid_reuses_the_searchs_identical_run_of_a_picked_default(tmp_path,
         return {**_run(model, None, 0.05, 0.05, seed=seed, variant=variant), "quick": False}
 
     monkeypatch.setattr(compat, "run_one", fake_run)
-    monkeypatch.setattr(compat, "load_hparams", lambda: json.loads(json.dumps(picked)))
+    monkeypatch.setattr(compat, "load_hparams", lambda *a, **k: json.loads(json.dumps(picked)))
     out = tmp_path / "compat-ml-100k.jsonl"
     assert compat.main(["--models", "FPMC", "--variants", "fusion", "--seeds", "0,1,2", "--out", str(out)]) == 0
     assert trained == [("FPMC", "fusion", 2)]  # seed 0: the search's run; seed 1: the pick's confirmation run
