@@ -181,8 +181,21 @@ def _per_backbone(groups):
         yield model, t, (_paired_gain(groups, model, t["seeds"]) if t else ([], [], math.nan))
 
 
-def verdicts(groups) -> list[str]:
-    """The issue's targets, one plain sentence per backbone plus M2SR against the best plain backbone."""
+def targets(dataset: str) -> dict:
+    """The dataset's targets (``benchmarks/protocols/<dataset>.json``): relative gain and p per backbone, and optional
+    ``tail_gain`` (on the least popular 20 % of targets) and ``best_attached_ndcg@10``."""
+    from benchmarks.compat import load_protocol
+
+    try:
+        return {"gain": TARGET_GAIN, "p": TARGET_P, **load_protocol(dataset).get("targets", {})}
+    except KeyError:
+        return {"gain": TARGET_GAIN, "p": TARGET_P}
+
+
+def verdicts(groups, dataset: str = "ml-100k") -> list[str]:
+    """The targets, one plain sentence per backbone plus M2SR against the best plain backbone."""
+    goal = targets(dataset)
+    TARGET_GAIN, TARGET_P = goal["gain"], goal["p"]  # noqa: N806 (the dataset's, over the module's defaults)
     lines = []
     for model, t, (plain, fusion, gain) in _per_backbone(groups):
         if t is None:
@@ -213,6 +226,7 @@ def verdicts(groups) -> list[str]:
                      + ("matches or beats it" if ok else "**below** it: target not met") + partial + ".")
     else:
         lines.append("- **M2SR** vs the best plain backbone: not both run yet; no verdict.")
+    lines += tail_verdicts(groups, goal.get("tail_gain")) + best_attached_verdict(groups, goal.get("best_attached_ndcg@10"))
     mixer = groups.get(("MLPMixerRec", "standalone"), [])
     if m2sr and mixer:
         seeds = sorted({r["seed"] for r in m2sr} & {r["seed"] for r in mixer})
@@ -288,11 +302,23 @@ def curve_table(groups) -> list[str]:
                     "neighbours. Early stopping keeps the maximum of the curve, so on a jittery curve part of the chosen "
                     "score is luck that the test split does not share."]
 
-def reference_check(groups) -> list[str]:
-    """Converged plain baselines (mean of seeds) against the reference runs (issue 14's 0.97x bar)."""
-    if not REFERENCE_FILE.is_file():
+def _protocol_file(dataset: str, key: str, default: Path) -> Path | None:
+    """A file the dataset's protocol names (``reference_plain``, ``published``), beside the benchmarks."""
+    from benchmarks.compat import load_protocol
+
+    try:
+        name = load_protocol(dataset).get(key)
+    except KeyError:
+        return default
+    return HERE / name if name else None
+
+
+def reference_check(groups, dataset: str = "ml-100k") -> list[str]:
+    """Converged plain baselines (mean of seeds) against the dataset's reference runs (the 0.97x bar)."""
+    path = _protocol_file(dataset, "reference_plain", REFERENCE_FILE)
+    if path is None or not path.is_file():
         return []
-    ref = json.loads(REFERENCE_FILE.read_text())
+    ref = json.loads(path.read_text())
     lines = [f"Reference: {ref['source']}", "", "| backbone | seeds | plain test NDCG@10 (mean) | reference | ratio | "
              f">= {ref['ratio']}x |", "|---|---|---|---|---|---|"]
     for model, value in ref["test_ndcg@10"].items():
@@ -307,9 +333,67 @@ def reference_check(groups) -> list[str]:
     return lines
 
 
+TAIL_SHARE = 0.2  # the least popular 20 % of test targets: one bucket of its own
+
+
+def tail_threshold(groups) -> int | None:
+    """The training popularity at or below which the least popular 20 % of test targets fall (users ordered by
+    their target's popularity; the first run's targets, which every run of a dataset shares)."""
+    runs = [r for rs in groups.values() for r in rs]
+    if not runs:
+        return None
+    pops = sorted(runs[0]["per_user"]["target_pop"])
+    return int(pops[max(0, math.ceil(TAIL_SHARE * len(pops)) - 1)]) if pops else None
+
+
+def tail_gains(groups) -> dict[str, tuple[float, float, int]]:
+    """backbone -> (plain, fusion, users): mean test NDCG@10 over the users whose target is in the least popular
+    20 % (over the seeds both variants have)."""
+    limit, out = tail_threshold(groups), {}
+    if limit is None:
+        return out
+    for model in BACKBONES:
+        plain = {r["seed"]: r for r in groups.get((model, "plain"), [])}
+        fusion = {r["seed"]: r for r in groups.get((model, "fusion"), [])}
+        seeds = sorted(set(plain) & set(fusion))
+        if not seeds:
+            continue
+        a, b = per_user([plain[s] for s in seeds]), per_user([fusion[s] for s in seeds])
+        users = [u for u in set(a) & set(b) if a[u][1] <= limit]
+        if users:
+            out[model] = (statistics.fmean(a[u][0] for u in users), statistics.fmean(b[u][0] for u in users), len(users))
+    return out
+
+
+def tail_verdicts(groups, goal: float | None) -> list[str]:
+    if goal is None:
+        return []
+    limit, lines = tail_threshold(groups), []
+    for model, (plain, fusion, users) in tail_gains(groups).items():
+        gain = (fusion - plain) / plain if plain else math.nan
+        ok = math.isfinite(gain) and gain >= goal
+        lines.append(f"- **{model}**, least popular 20 % of targets (<= {limit} training interactions, {users} users): "
+                     f"{plain:.4f} -> {fusion:.4f} ({gain * 100:+.1f} %): "
+                     + ("target met" if ok else f"target (+{goal:.0%}) **not** met") + ".")
+    return lines
+
+
+def best_attached_verdict(groups, goal: float | None) -> list[str]:
+    if goal is None:
+        return []
+    attached = [(m, _mean_ndcg(groups[(m, "fusion")])) for m in BACKBONES if groups.get((m, "fusion"))]
+    if not attached:
+        return [f"- Best attached backbone >= {goal:.4f}: no attached run yet; no verdict."]
+    model, value = max(attached, key=lambda kv: kv[1])
+    return [f"- Best attached backbone: {model} + fusion, {value:.4f} against the {goal:.4f} target: "
+            + ("met" if value >= goal else "**not** met") + "."]
+
+
 def popularity(groups) -> list[str]:
-    header = "| model | variant | " + " | ".join(f"target pop {label} (users)" for *_, label in POPULARITY_BINS) + " |"
-    lines = [header, "|---|---|" + "---|" * len(POPULARITY_BINS)]
+    limit = tail_threshold(groups)
+    bins = POPULARITY_BINS + ([(0, limit, f"least popular 20 % (<= {limit})")] if limit is not None else [])
+    header = "| model | variant | " + " | ".join(f"target pop {label} (users)" for *_, label in bins) + " |"
+    lines = [header, "|---|---|" + "---|" * len(bins)]
     for model in BACKBONES + STANDALONE:
         for variant in variants(model):
             runs = groups.get((model, variant), [])
@@ -317,25 +401,49 @@ def popularity(groups) -> list[str]:
                 continue
             users = per_user(runs)
             cells = []
-            for low, high, _ in POPULARITY_BINS:
+            for low, high, _ in bins:
                 vals = [v for v, pop in users.values() if low <= pop <= high]
                 cells.append(f"{statistics.fmean(vals):.4f} ({len(vals)})" if vals else "- (0)")
             lines.append(f"| {model} | {variant} | " + " | ".join(cells) + " |")
     return lines
 
 
-def paper_table() -> list[str]:
-    if not PAPER_FILE.is_file():
+def paper_table(dataset: str = "ml-100k") -> list[str]:
+    path = _protocol_file(dataset, "published", PAPER_FILE)
+    if path is None:
+        return [f"No published numbers for {dataset} are recorded here."]
+    if not path.is_file():
         return ["The paper's reported ML-100K numbers are not in this repository (no copy of the paper could be read "
                 "offline when this report was written); add them to `benchmarks/paper_numbers.json` as "
                 "`{\"model\": {\"mrr@10\": .., \"ndcg@10\": .., \"hit@10\": ..}, \"source\": \"...\"}` and they appear here, "
                 "labelled as the paper's."]
-    paper = json.loads(PAPER_FILE.read_text())
-    lines = [f"Source: {paper.get('source', 'the paper')} (the paper's numbers, not ours, and not comparable with ours).", "",
+    paper = json.loads(path.read_text())
+    lines = [f"Source: {paper.get('source', 'the paper')} (published numbers, not ours).", "",
              "| model | MRR@10 (paper) | NDCG@10 (paper) | Hit@10 (paper) |", "|---|---|---|---|"]
     for model, values in paper.items():
         if isinstance(values, dict):
             lines.append(f"| {model} | " + " | ".join(str(values.get(m, "-")) for m in METRICS) + " |")
+    return lines
+
+
+def anchors_table(groups, dataset: str) -> list[str]:
+    """Published numbers (labelled, with their source) beside our converged runs (mean over the seeds run)."""
+    path = _protocol_file(dataset, "published", None)
+    if path is None or not path.is_file() or dataset == "ml-100k":  # ML-100K's paper numbers are not comparable
+        return []
+    published = json.loads(path.read_text())
+    lines = ["| model | test NDCG@10 | test Recall@10 (= Hit@10) | whose |", "|---|---|---|---|"]
+    for model, values in published.items():
+        if isinstance(values, dict):
+            lines.append(f"| {model} | {values.get('ndcg@10', '-')} | {values.get('hit@10', '-')} | published |")
+    for model in BACKBONES + STANDALONE:
+        for variant in variants(model):
+            runs = groups.get((model, variant), [])
+            if runs:
+                hit = statistics.fmean(r["test"]["full"]["hit@10"] for r in runs)
+                name = model + {"plain": "", "fusion": " + fusion", "standalone": ""}[variant]
+                lines.append(f"| {name} | {_mean_ndcg(runs):.4f} | {hit:.4f} | ours ({len(runs)} seed"
+                             f"{'s' if len(runs) > 1 else ''}) |")
     return lines
 
 
@@ -378,12 +486,13 @@ def report(results: Path, dataset: str, quick: bool = False) -> str:
              *metric_table(groups, "uni100"), "",
              "## Paired significance (per-user test NDCG@10, full ranking)", "", *significance(groups), "",
              *resolution(groups), "",
-             "## Targets", "", *verdicts(groups), "",
-             "## Converged plain baselines against the reference runs", "", *reference_check(groups), "",
+             "## Targets", "", *verdicts(groups, dataset), "",
+             "## Converged plain baselines against the reference runs", "", *reference_check(groups, dataset), "",
              "## Training per run (early stopping on validation MRR@10)", "", *training_table(groups), "",
              "## Validation curves: the chosen epoch against its neighbours", "", *curve_table(groups), "",
              "## NDCG@10 by popularity of the test item (training interactions)", "", *popularity(groups), "",
-             "## The paper's reported numbers", "", *paper_table(), ""]
+             "## Published numbers (other papers' runs and protocols)", "", *paper_table(dataset), "",
+             *anchors_table(groups, dataset), ""]
     text = "\n".join(lines)
     atomic_write_bytes(results.with_suffix(".md"), text.encode())
     bar_chart(groups, results.with_suffix(".png"))
@@ -404,8 +513,14 @@ def readme_section(results: Path, dataset: str) -> str:
              "Test metrics, full ranking over all items (mean ± std over seeds):", "", *metric_table(groups, "full"), "",
              "Paired significance on per-user test NDCG@10 (one-sided Wilcoxon signed-rank, H1: fusion > plain):", "",
              *significance(groups), "", *resolution(groups), "",
-             "Targets (+10 % NDCG@10 with p < 0.05 per backbone; M2SR >= best plain):", "",
-             *verdicts(groups), "", "Converged plain baselines against the reference runs:", "", *reference_check(groups)]
+             f"Targets (+{targets(dataset)['gain']:.0%} NDCG@10 with p < {targets(dataset)['p']} per backbone; "
+             "M2SR >= best plain):", "",
+             *verdicts(groups, dataset), "", "Converged plain baselines against the reference runs:", "",
+             *reference_check(groups, dataset)]
+    anchors = anchors_table(groups, dataset)
+    if anchors:
+        lines += ["", "Published numbers on this split (other papers' code and protocols, labelled) beside ours:", "",
+                  *anchors]
     return "\n".join(lines)
 
 
@@ -581,7 +696,7 @@ def patience_report(results: Path, study: Path, dataset: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Report on compatibility benchmark results.")
-    parser.add_argument("--results", type=Path, default=HERE / "results" / "compat-ml-100k.jsonl")
+    parser.add_argument("--results", type=Path, default=None, help="default benchmarks/results/compat-<dataset>.jsonl")
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--quick", action="store_true", help="report the --quick rows instead of the real ones")
     parser.add_argument("--readme", type=Path, help="also rewrite this README's compat block (between the markers)")
@@ -590,6 +705,8 @@ def main(argv=None) -> int:
                         help="report a patience study (compat.py --patience N --out STUDY) beside the runs of --results "
                              "(writes STUDY.md)")
     args = parser.parse_args(argv)
+    if args.results is None:
+        args.results = HERE / "results" / f"compat-{args.dataset}{'-quick' if args.quick else ''}.jsonl"
     if not args.results.is_file():
         parser.error(f"{args.results} does not exist; run benchmarks/compat.py first")
     if args.patience is not None:

@@ -116,7 +116,9 @@ class FeatureFusionLayer(nn.Module):
             raise ValueError(f"mask must have shape (B, L), got {tuple(mask.shape)}")
         B, L = mask.shape
         if L == 0:
-            raise ValueError("mask has L = 0 positions; give at least one position per sequence")
+            raise ValueError(f"sequence length L = 0: the mask {tuple(mask.shape)} has L = 0 positions; give at least one "
+                             "position per sequence (a history without items is one padding position, id 0)")
+        self._check_device(mask, "mask")
         if L > self.config.max_seq_length:
             raise ValueError(
                 f"sequence length {L} exceeds max_seq_length={self.config.max_seq_length}; truncate the "
@@ -151,8 +153,13 @@ class FeatureFusionLayer(nn.Module):
         if x.dtype != reference.dtype and not (x.is_floating_point() and _autocast_on(x.device)):
             raise TypeError(f"{what}[{name!r}] has dtype {x.dtype} but the layer's weights are {reference.dtype}; "
                             f"convert with .to({reference.dtype}) (or the layer with .to(dtype))")
-        if x.device != reference.device:
-            raise ValueError(f"{what}[{name!r}] is on {x.device} but the layer is on {reference.device}; "
+        self._check_device(x, f"{what}[{name!r}]")
+
+    def _check_device(self, x: torch.Tensor, what: str) -> None:
+        layer_device = self.fuse.weight.device
+        if x.device != layer_device:
+            hint = " (the meta device holds shapes, not values: give real tensors)" if "meta" in (x.device.type, layer_device.type) else ""
+            raise ValueError(f"{what} is on device {x.device} but the layer is on device {layer_device}{hint}; "
                              f"move one of them with .to(device)")
 
     @staticmethod
@@ -167,6 +174,7 @@ class FeatureFusionLayer(nn.Module):
         if not isinstance(item_seq, torch.Tensor) or item_seq.dim() != 2 or item_seq.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"item_seq must be an integer tensor of shape (B, L), got {getattr(item_seq, 'dtype', type(item_seq))} "
                             f"{tuple(getattr(item_seq, 'shape', ()))}")
+        self._check_device(item_seq, "item_seq")
         B, L = self._check_mask(mask)
         if item_seq.shape != mask.shape:
             raise ValueError(f"item_seq {tuple(item_seq.shape)} and mask {tuple(mask.shape)} must have the same shape")
@@ -211,9 +219,10 @@ class FeatureFusionLayer(nn.Module):
         for name, x in features.items():
             self._check_width(name, x, "features", positions=(B, L))
         order, aligned_mask = self._align(mask)
-        index = _positions_first_index(order, B, L, mask.device)
-        streams = {name: self._project_positions(name, x, mask, index) for name, x in features.items()}
-        return self._finish(self._mix(streams, aligned_mask, last_only), order, last_only)
+        K = _longest(aligned_mask)  # positions before L - K are padding in every row: not computed
+        index = _positions_first_index(order, B, L, mask.device, keep=K)
+        streams = {name: self._project_positions(name, x, mask, index, K) for name, x in features.items()}
+        return self._finish(self._mix(streams, aligned_mask[:, L - K:], last_only), order, last_only, L)
 
     def forward_items(
         self,
@@ -247,23 +256,28 @@ class FeatureFusionLayer(nn.Module):
         mask = item_seq != 0 if mask is None and isinstance(item_seq, torch.Tensor) else mask
         B, L = self._check_items(item_seq, mask, tables, projected_tables, sequences)
         order, aligned_mask = self._align(mask)
+        K = _longest(aligned_mask)  # positions before L - K are padding in every row: not computed
         aligned_seq = item_seq if order is None else item_seq.gather(1, order)
-        ids = aligned_seq.t().reshape(-1)  # positions first: row l * B + b holds position l of history b
-        streams = {name: self._gather_projected(name, table, ids, L, B) for name, table in tables.items()}
-        streams.update({name: _take_rows(table, ids, L, B) for name, table in projected_tables.items()})
+        ids = aligned_seq[:, L - K:].t().reshape(-1)  # positions first: row k * B + b holds kept position k of history b
+        streams = {name: self._gather_projected(name, table, ids, K, B) for name, table in tables.items()}
+        streams.update({name: _take_rows(table, ids, K, B) for name, table in projected_tables.items()})
         if sequences:
-            index = _positions_first_index(order, B, L, mask.device)
-            streams.update({name: self._project_positions(name, x, mask, index) for name, x in sequences.items()})
-        return self._finish(self._mix(streams, aligned_mask, last_only), order, last_only)
+            index = _positions_first_index(order, B, L, mask.device, keep=K)
+            streams.update({name: self._project_positions(name, x, mask, index, K) for name, x in sequences.items()})
+        return self._finish(self._mix(streams, aligned_mask[:, L - K:], last_only), order, last_only, L)
 
-    def _project_positions(self, name: str, x: torch.Tensor, mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Project a per-position stream ``(B, L, D)`` and lay it out positions first, like the tables' rows."""
+    def _project_positions(self, name: str, x: torch.Tensor, mask: torch.Tensor, index: torch.Tensor,
+                           K: int) -> torch.Tensor:
+        """The ``K`` kept positions of a per-position stream ``(B, L, D)``, positions first like the tables' rows
+        (``index``), projected: ``(K, B, H)``. The projection is per row, so only the kept rows are projected."""
         B, L = mask.shape
-        projected = self.projections[name](_zero_padding(x, mask))
-        return _take_rows(projected.reshape(B * L, projected.shape[-1]), index, L, B)
+        rows = _take_rows(_zero_padding(x, mask).reshape(B * L, x.shape[-1]), index, K, B)
+        return self.projections[name](rows)
 
     def project_tables(self, tables: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Project per-item tables to the hidden width: ``{name: (N, D)} -> {name: (N, H)}``."""
+        for name, table in tables.items():
+            self._check_device(table, f"tables[{name!r}]")
         return {name: self.projections[name](table) for name, table in tables.items()}
 
     def normalize_tables(self, tables: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -284,6 +298,7 @@ class FeatureFusionLayer(nn.Module):
         """
         out = {}
         for name, table in normalized.items():
+            self._check_device(table, f"normalized[{name!r}]")
             norm, linear = self.projections[name]
             out[name] = F.linear(table, linear.weight * norm.weight, torch.addmv(linear.bias, linear.weight, norm.bias))
         return out
@@ -335,11 +350,14 @@ class FeatureFusionLayer(nn.Module):
         return self.fusion_norm(x) * m
 
     @staticmethod
-    def _finish(aligned_out: torch.Tensor, order: torch.Tensor | None, last_only: bool) -> torch.Tensor:
-        """``(L, B, H)`` positions first and aligned -> ``(B, L, H)`` in the input layout."""
+    def _finish(aligned_out: torch.Tensor, order: torch.Tensor | None, last_only: bool, L: int) -> torch.Tensor:
+        """``(K, B, H)`` positions first, aligned and cropped to the kept positions -> ``(B, L, H)`` in the input
+        layout (zeros at the positions that were padding in every row)."""
         if last_only:
             return aligned_out
-        L, B, H = aligned_out.shape
+        K, B, H = aligned_out.shape
+        if K < L:
+            aligned_out = torch.cat([aligned_out.new_zeros(L - K, B, H), aligned_out])
         if order is None:
             return aligned_out.transpose(0, 1)
         inverse = torch.argsort(order, dim=1)  # (B, L): aligned position of each input position
@@ -352,11 +370,25 @@ def _take_rows(table: torch.Tensor, ids: torch.Tensor, L: int, B: int) -> torch.
     return table.index_select(0, ids).view(L, B, table.shape[-1])
 
 
-def _positions_first_index(order: torch.Tensor | None, B: int, L: int, device) -> torch.Tensor:
-    """Rows of a ``(B * L, D)`` view to take, positions first and aligned, for :func:`_take_rows`."""
+def _positions_first_index(order: torch.Tensor | None, B: int, L: int, device, *, keep: int | None = None) -> torch.Tensor:
+    """Rows of a ``(B * L, D)`` view to take, positions first and aligned, for :func:`_take_rows`; with ``keep``,
+    only the last ``keep`` aligned positions."""
     rows = torch.arange(B, device=device).unsqueeze(1) * L
     order = torch.arange(L, device=device).expand(B, L) if order is None else order
+    if keep is not None and keep < L:
+        order = order[:, L - keep:]
     return (rows + order).t().reshape(-1)
+
+
+def _longest(aligned_mask: torch.Tensor) -> int:
+    """K: the most real items any row of an aligned ``(B, L)`` mask holds (at least 1). Real items end at position
+    L - 1, so the first L - K positions are padding in every row. The token-mixing weights index positions from the
+    end (``fusionlayer.layers``), so computing only the last K positions gives the same outputs there: on a sparse
+    catalogue, where most histories are far shorter than L_max, most of the work is saved. One host read per call."""
+    L = aligned_mask.shape[1]
+    if L <= 1 or aligned_mask.shape[0] == 0 or bool(aligned_mask[:, 0].any()):  # a full-length row: nothing to crop
+        return L
+    return max(1, int(aligned_mask.sum(1).max()))
 
 
 def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
