@@ -1,7 +1,22 @@
 """fusionlayer: multi-modal Mixer fusion (M2SR / MMMLP) for sequential recommenders.
 
 ``import fusionlayer`` needs only torch; ``M2SR``, ``MLPMixerRec`` and ``attach`` import RecBole on
-first use (after :func:`patch_recbole`).
+first use.
+
+Importing fusionlayer also makes RecBole 1.2.1 usable on numpy 2 and torch >= 2.6, so a script that
+builds RecBole's ``Config``, ``create_dataset``, ``data_preparation`` and ``Trainer`` itself works
+after ``import fusionlayer``, with no further call (:mod:`fusionlayer.recbole_compat` lists each change):
+
+* numpy's removed aliases ``np.float_``, ``np.complex_``, ``np.unicode_``, ``np.bool8`` are added back;
+* RecBole's ``Trainer`` loads its checkpoints (which torch >= 2.6's ``weights_only`` load refuses)
+  through a restricted unpickler that accepts only the types RecBole's checkpoints hold;
+* importing RecBole's sequential models no longer leaves autograd anomaly detection switched on;
+* ``Dataset.build`` marks the train/valid/test splits (so ``attach`` can refuse a non-training split);
+* without CUDA, RecBole's distributed training runs on gloo and the CPU instead of nccl.
+
+The import itself imports no RecBole module: the RecBole modules are patched as they are imported
+(an import hook), or at once if they were imported before fusionlayer. :func:`patch_recbole` applies
+everything explicitly and is idempotent.
 """
 
 from fusionlayer.attach import (
@@ -21,7 +36,9 @@ from fusionlayer.attach import (
 from fusionlayer.config import AdapterOptions, FusionConfig
 from fusionlayer.fusion import FeatureFusionLayer
 from fusionlayer.layers import MixerBlock, MlpBlock
-from fusionlayer.recbole_compat import patch_recbole
+from fusionlayer.recbole_compat import install_hooks, patch_recbole
+
+install_hooks()  # RecBole 1.2.1 on numpy 2 / torch >= 2.6 (see above); cheap, idempotent
 
 __version__ = "0.1.0"
 

@@ -17,6 +17,7 @@ import argparse
 import importlib
 import logging
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -168,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user's input or environment causes (bad values, names, files, permissions, weights, a missing
+# optional package such as pyarrow for --text-file x.parquet); anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError, ImportError, pickle.UnpicklingError)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line (KeyError's without its quotes), never empty."""
+    message = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    return text or f"{type(exc).__name__} (no message)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -179,9 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args, rest)
     try:
         return _encode(args) if args.command == "encode" else _demo(args)
-    except (ValueError, KeyError, OSError, RuntimeError) as exc:  # say what, not where (OSError: files, weights)
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"fusionlayer {args.command}: error: {message}", file=sys.stderr)
+    except USER_ERRORS as exc:  # say what, not where: one line, no traceback
+        print(f"fusionlayer {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -33,6 +33,9 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor:
         raise TypeError(f"features[{name!r}] must be floating point (one dense vector per item), got {value.dtype}; "
                         f"convert real-valued features with .float(); categorical codes need an encoder first "
                         f"(e.g. one-hot rows)")
+    if value.is_meta:
+        raise ValueError(f"features[{name!r}] is on device meta, which holds shapes but no values; give the table "
+                         f"on the model's device (or the CPU): attach() moves it to the model's device itself")
     return value
 
 

@@ -1,8 +1,13 @@
 """Runtime workarounds that let RecBole 1.2.1 run on numpy 2 and torch >= 2.6.
 
-Every workaround lives here, names the RecBole line it works around, and is idempotent.
-Nothing edits installed files. :func:`patch_recbole` applies all of them; the library calls it
-before it touches RecBole, and users who build RecBole objects themselves can call it first.
+``import fusionlayer`` applies them, so a script that builds RecBole's ``Config``, ``create_dataset``,
+``data_preparation`` and ``Trainer`` itself, as RecBole documents, works once it has imported
+fusionlayer. The import stays cheap: it adds numpy's old aliases and a finder to ``sys.meta_path``
+that patches each RecBole module below right after that module is first imported (modules imported
+before fusionlayer are patched at once); RecBole itself is not imported. :func:`patch_recbole`
+imports the modules and applies everything (the library calls it before it touches RecBole).
+Every workaround names the RecBole line it works around and is idempotent; nothing edits installed
+files, and neither numpy nor torch changes for code that is not RecBole's.
 
 1. numpy 2 removed ``np.float_``, ``np.complex_`` and ``np.unicode_``; RecBole's
    ``recbole/config/configurator.py`` (``Config.compatibility_settings``, lines 630-635) reads them
@@ -16,21 +21,26 @@ before it touches RecBole, and users who build RecBole objects themselves can ca
    RecBole's checkpoints hold (``Config``, RecBole's enums, model classes as values, tensors,
    numpy scalars, ``torch.device``) and refuses anything else, so a checkpoint someone hands you
    cannot run code. torch itself is left alone.
-5. RecBole's distributed training hard-codes nccl and CUDA devices; without CUDA it runs on gloo
-   (:func:`_distributed_on_cpu`).
+3. Importing any RecBole sequential model runs ``torch.autograd.set_detect_anomaly(True)`` at import
+   time (``recbole/model/sequential_recommender/sine.py`` line 25), which makes every backward pass
+   1.5-2x slower. When ``sine.py`` is imported after fusionlayer, the switch is put back to what it
+   was just before. When it was imported earlier, ``import fusionlayer`` leaves the switch alone (it
+   cannot tell RecBole's from the user's) and :func:`patch_recbole` switches it off once, with a log line.
 4. ``Dataset.build`` (``recbole/data/dataset/dataset.py``) returns the train/valid/test splits as
    shallow copies with nothing that tells them from the full dataset. We mark each with its role
    (``_fusionlayer_split``), so ``attach(bpr, ..., dataset=...)`` can refuse a dataset that holds
    validation or test interactions.
-3. Importing any RecBole sequential model runs ``torch.autograd.set_detect_anomaly(True)`` at import
-   time (``recbole/model/sequential_recommender/sine.py`` line 25), which makes every backward pass
-   1.5-2x slower. We switch it back off after the import.
+5. RecBole's distributed training hard-codes nccl and CUDA devices; without CUDA it runs on gloo
+   (:func:`_patch_configurator`, :func:`_patch_trainer`).
 """
 
 from __future__ import annotations
 
+import copy
 import enum
 import functools
+import importlib
+import importlib.abc
 import logging
 import pickle
 import sys
@@ -116,76 +126,42 @@ class _TorchForRecBoleTrainer(types.ModuleType):
         return getattr(torch, name)
 
 
-def _patch_trainer_load() -> None:
-    trainer_module = sys.modules.get("recbole.trainer.trainer")
-    if trainer_module is None:
-        import recbole.trainer.trainer as trainer_module
+def _patch_trainer(trainer_module: types.ModuleType) -> None:
+    """``recbole.trainer.trainer``: checkpoints load through :func:`load_checkpoint` (2), and without CUDA
+    ``AbstractTrainer.__init__`` wraps the model in ``DistributedDataParallel`` without ``device_ids`` (5):
+    RecBole's (``recbole/trainer/trainer.py`` line 62) passes ``device_ids=[local_rank]``, which a CPU module refuses."""
     if not isinstance(trainer_module.torch, _TorchForRecBoleTrainer):
         trainer_module.torch = _TorchForRecBoleTrainer()
-
-
-def _import_sequential_models_without_anomaly_detection() -> None:
-    imported_before = "recbole.model.sequential_recommender.sine" in sys.modules
-    enabled_before = torch.is_anomaly_enabled()
-    import recbole.model.sequential_recommender  # noqa: F401  (runs sine.py's set_detect_anomaly(True))
-
-    if not imported_before:
-        torch.autograd.set_detect_anomaly(enabled_before)  # undo exactly what the import did
-    elif torch.is_anomaly_enabled():
-        # sine.py ran before us, so we cannot tell its switch from the user's: switch off and say so.
-        logger.info(
-            "switching autograd anomaly detection off: RecBole's sine.py switched it on at import "
-            "(it slows training 1.5-2x); call torch.autograd.set_detect_anomaly(True) after "
-            "fusionlayer.patch_recbole() if you want it"
-        )
-        torch.autograd.set_detect_anomaly(False)
-
-
-SPLIT_ATTR = "_fusionlayer_split"  # "full", "train", "valid" or "test" on datasets built after patch_recbole()
-
-
-def _tag_split_roles() -> None:
-    """``Dataset.build`` marks the datasets it returns (train, valid, test) and itself (full), so an adapter
-    that reads interactions (BPR's histories) can refuse anything but the training split."""
-    from recbole.data.dataset import Dataset
-
-    original = Dataset.build
-    if getattr(original, "_fusionlayer_tags_splits", False):
+    abstract_init = trainer_module.AbstractTrainer.__init__
+    if getattr(abstract_init, "_fusionlayer_gloo", False):
         return
 
-    @functools.wraps(original)
-    def build(self):
-        datasets = original(self)
-        setattr(self, SPLIT_ATTR, "full")
-        roles = ("train", "valid", "test") if len(datasets) == 3 else ("train", "test") if len(datasets) == 2 else ()
-        for role, dataset in zip(roles, datasets):
-            setattr(dataset, SPLIT_ATTR, role)
-        return datasets
+    @functools.wraps(abstract_init)
+    def __init__(self, config, model):
+        if config["single_spec"] or config["device"].type == "cuda":
+            return abstract_init(self, config, model)
+        self.config, self.model = config, model
+        self.distributed_model = trainer_module.DistributedDataParallel(self.model)  # CPU: no device_ids
 
-    build._fusionlayer_tags_splits = True
-    Dataset.build = build
+    __init__._fusionlayer_gloo = True
+    trainer_module.AbstractTrainer.__init__ = __init__
 
 
-def _distributed_on_cpu() -> None:
-    """RecBole's distributed path on machines without CUDA: gloo instead of its hard-coded nccl.
+def _patch_configurator(configurator: types.ModuleType) -> None:
+    """``recbole.config.configurator``: RecBole's distributed path on machines without CUDA (5).
 
-    ``Config._init_device`` (``recbole/config/configurator.py`` lines 497-511) calls
-    ``init_process_group(backend="nccl")`` and puts each rank on ``cuda:<local_rank>``, and
-    ``AbstractTrainer.__init__`` (``recbole/trainer/trainer.py`` line 62) wraps the model in
-    ``DistributedDataParallel(device_ids=[local_rank])``, which refuses a CPU module. Where CUDA is
-    not available, the first runs with ``backend="gloo"`` and the device set to the CPU, and the second
-    without ``device_ids``. On GPUs both are RecBole's own code, nccl included.
+    ``Config._init_device`` (lines 497-511) calls ``init_process_group(backend="nccl")`` and puts each
+    rank on ``cuda:<local_rank>``. Where CUDA is not available it runs with ``backend="gloo"`` and the
+    device set to the CPU; on GPUs it is RecBole's own code, nccl included.
     """
-    import torch.distributed as dist
-    from recbole.config import configurator
-    from recbole.trainer import trainer as trainer_module
-
-    if getattr(configurator.Config._init_device, "_fusionlayer_gloo", False):
-        return
     init_device = configurator.Config._init_device
+    if getattr(init_device, "_fusionlayer_gloo", False):
+        return
 
     @functools.wraps(init_device)
     def _init_device(self):
+        import torch.distributed as dist
+
         if torch.cuda.is_available() or "local_rank" not in self.final_config_dict:
             return init_device(self)
         original_init, original_set_device = dist.init_process_group, torch.cuda.set_device
@@ -200,37 +176,131 @@ def _distributed_on_cpu() -> None:
     _init_device._fusionlayer_gloo = True
     configurator.Config._init_device = _init_device
 
-    abstract_init = trainer_module.AbstractTrainer.__init__
-
-    @functools.wraps(abstract_init)
-    def __init__(self, config, model):
-        if config["single_spec"] or config["device"].type == "cuda":
-            return abstract_init(self, config, model)
-        self.config, self.model = config, model
-        self.distributed_model = trainer_module.DistributedDataParallel(self.model)  # CPU: no device_ids
-
-    trainer_module.AbstractTrainer.__init__ = __init__
-
 
 def _gloo_init(original, backend=None, **kwargs):
     return original(backend="gloo", **kwargs)
 
 
-@functools.cache
-def _patch_once() -> None:
+SPLIT_ATTR = "_fusionlayer_split"  # "full", "train", "valid" or "test" on datasets built after import fusionlayer
+
+
+def _patch_dataset(dataset_module: types.ModuleType) -> None:
+    """``recbole.data.dataset.dataset``: ``Dataset.build`` marks the datasets it returns (train, valid, test)
+    and itself (full), so an adapter that reads interactions (BPR's histories) can refuse anything but the
+    training split (4)."""
+    original = dataset_module.Dataset.build
+    if getattr(original, "_fusionlayer_tags_splits", False):
+        return
+
+    @functools.wraps(original)
+    def build(self):
+        datasets = original(self)
+        setattr(self, SPLIT_ATTR, "full")
+        roles = ("train", "valid", "test") if len(datasets) == 3 else ("train", "test") if len(datasets) == 2 else ()
+        for role, dataset in zip(roles, datasets):
+            setattr(dataset, SPLIT_ATTR, role)
+        return datasets
+
+    build._fusionlayer_tags_splits = True
+    dataset_module.Dataset.build = build
+
+
+_SINE = "recbole.model.sequential_recommender.sine"
+_PATCHES = {  # RecBole module -> what to change right after it is imported
+    "recbole.config.configurator": _patch_configurator,
+    "recbole.data.dataset.dataset": _patch_dataset,
+    "recbole.trainer.trainer": _patch_trainer,
+}
+_state = {"sine_imported_after_us": False, "anomaly_checked": False}
+
+
+def _sine_without_anomaly_switch(exec_module, module: types.ModuleType) -> None:
+    """Run ``sine.py`` and put autograd anomaly detection back to what it was just before (3)."""
+    enabled_before = torch.is_anomaly_enabled()
+    try:
+        exec_module(module)
+    finally:
+        torch.autograd.set_detect_anomaly(enabled_before)
+        _state["sine_imported_after_us"] = True
+
+
+class _RecBoleImportHook(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: for the modules in ``_PATCHES`` (and ``sine.py``) it asks the other finders and
+    wraps the loader's ``exec_module`` so the workaround runs right after the module's own code."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in _PATCHES and fullname != _SINE:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        loader = copy.copy(spec.loader)  # this module's own loader (a zip importer serves many), of the same type
+        exec_module = loader.exec_module
+        if fullname == _SINE:
+            loader.exec_module = functools.partial(_sine_without_anomaly_switch, exec_module)
+        else:
+            def exec_then_patch(module, _exec=exec_module, _patch=_PATCHES[fullname]):
+                _exec(module)
+                _patch(module)
+
+            loader.exec_module = exec_then_patch
+        spec.loader = loader
+        return spec
+
+
+def install_hooks() -> None:
+    """What ``import fusionlayer`` runs: numpy's aliases, the import hook, and the patches of RecBole modules
+    already imported. Cheap (imports nothing) and idempotent."""
     _patch_numpy()
-    _patch_trainer_load()
-    _import_sequential_models_without_anomaly_detection()
-    _tag_split_roles()
-    _distributed_on_cpu()
+    if not any(isinstance(finder, _RecBoleImportHook) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _RecBoleImportHook())
+    for name, patch in _PATCHES.items():
+        module = sys.modules.get(name)
+        if module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False):
+            patch(module)  # imported before fusionlayer (and not still being imported)
+
+
+def _anomaly_switched_on_before_us() -> None:
+    """``sine.py`` ran before fusionlayer was imported: we cannot tell its switch from the user's, so switch
+    it off once and say so."""
+    if _state["anomaly_checked"] or _state["sine_imported_after_us"] or _SINE not in sys.modules:
+        return
+    _state["anomaly_checked"] = True
+    if torch.is_anomaly_enabled():
+        logger.info(
+            "switching autograd anomaly detection off: RecBole's sine.py switched it on at import "
+            "(it slows training 1.5-2x); call torch.autograd.set_detect_anomaly(True) after "
+            "fusionlayer.patch_recbole() if you want it"
+        )
+        torch.autograd.set_detect_anomaly(False)
 
 
 def patch_recbole() -> None:
-    """Apply the RecBole 1.2.1 workarounds (numpy 2 aliases, checkpoint loading, anomaly detection).
+    """Import the RecBole modules the workarounds touch and apply them all (see the module docstring).
 
-    Idempotent and cheap after the first call.
+    ``import fusionlayer`` already applies them as RecBole is imported; calling this as well does no harm,
+    and it also covers an environment where another import hook bypassed ours. Idempotent and cheap after
+    the first call.
     """
-    _patch_once()
+    install_hooks()
+    for name, patch in _PATCHES.items():
+        module = sys.modules.get(name) or importlib.import_module(name)
+        patch(module)
+    enabled_before = torch.is_anomaly_enabled()
+    imported_before = _SINE in sys.modules
+    import recbole.model.sequential_recommender  # noqa: F401  (sine.py's set_detect_anomaly(True), if not yet run)
+
+    if not imported_before:
+        torch.autograd.set_detect_anomaly(enabled_before)  # in case another import hook bypassed ours
+        _state["sine_imported_after_us"] = True
+    _anomaly_switched_on_before_us()
 
 
 def load_data_and_model(model_file, features=None, **attach_options):

@@ -71,3 +71,43 @@ def test_demo_refuses_a_non_positive_epoch_count(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["demo", "--epochs", "0"])
     assert exit_info.value.code == 2 and "expected a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error, line", [
+    (ImportError("Unable to find a usable engine; tried using: 'pyarrow'.\nA suitable version of pyarrow is required.\n"
+                 " - Missing optional dependency 'pyarrow'. Use pip or conda to install pyarrow."),
+     "Unable to find a usable engine; tried using: 'pyarrow'. A suitable version of pyarrow is required. - Missing "
+     "optional dependency 'pyarrow'. Use pip or conda to install pyarrow."),
+    (TypeError("template must be a string"), "template must be a string"),
+    (PermissionError(), "PermissionError (no message)"),
+    (KeyError("unknown text field(s) ['x']"), "unknown text field(s) ['x']"),
+])
+def test_encode_errors_are_one_line_and_status_2(monkeypatch, tmp_path, capsys, error, line):
+    """A user error (a missing optional package for --text-file x.parquet, a bad value, a permission) is one line
+    on stderr and status 2: no traceback before it, never an empty message."""
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("fusionlayer.encoders.encode_items", fail)
+    code = cli.main(["encode", "--modality", "text", "--cache-dir", str(tmp_path)])
+    assert code == 2 and capsys.readouterr().err == f"fusionlayer encode: error: {line}\n"
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_line(tmp_path, capsys):
+    """``--encoder timm:<model>@<file>`` with a file torch's weights-only loader refuses: our message, not
+    torch's multi-line UnpicklingError after a traceback."""
+    from PIL import Image
+
+    folder = tmp_path / "data" / "pics"
+    (folder / "images").mkdir(parents=True)
+    (folder / "pics.inter").write_text("user_id:token\titem_id:token\nu1\ta\nu1\tb\n")
+    for token in "ab":
+        Image.new("RGB", (16, 16)).save(folder / "images" / f"{token}.png")
+    bad = tmp_path / "weights.pth"
+    bad.write_text("not a checkpoint")
+    code = cli.main(["encode", "--dataset", "pics", "--data-dir", str(tmp_path / "data"), "--cache-dir",
+                     str(tmp_path / "cache"), "--modality", "image", "--image-dir", "images",
+                     "--encoder", f"timm:resnet18@{bad}", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"cannot read weights from {bad} (torch's weights-only loader refused it" in err

@@ -80,6 +80,45 @@ def test_forward_items_errors_say_what_to_do(fusion_layer, case, error, words):
                          torch.zeros(2, 0, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("path", ["forward", "forward_items"])
+def test_an_empty_sequence_says_length(fusion_layer, path):
+    with pytest.raises(ValueError, match=r"sequence length L = 0: the mask \(2, 0\) has L = 0 positions"):
+        if path == "forward":
+            fusion_layer({"id": torch.randn(2, 0, 16), "text": torch.randn(2, 0, 12), "image": torch.randn(2, 0, 20)},
+                         torch.zeros(2, 0, dtype=torch.bool))
+        else:
+            fusion_layer.forward_items(torch.zeros(2, 0, dtype=torch.long),
+                                       {"id": torch.randn(30, 16), "text": torch.randn(30, 12), "image": torch.randn(30, 20)})
+
+
+@pytest.mark.parametrize("on_meta, what", [
+    ("tables", r"tables\['id'\]"),
+    ("item_seq", "item_seq"),
+    ("mask", "mask"),
+    ("features", r"features\['id'\]"),
+    ("project_tables", r"tables\['id'\]"),
+    ("project_normalized_tables", r"normalized\['id'\]"),
+])
+def test_inputs_on_another_device_name_both_devices(fusion_layer, on_meta, what):
+    """Tables, ids, mask or features on the meta device (or any device but the layer's): our error, naming both."""
+    seq = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])
+    tables = {"id": torch.randn(30, 16), "text": torch.randn(30, 12), "image": torch.randn(30, 20)}
+    meta = {k: v.to("meta") for k, v in tables.items()}
+    with pytest.raises(ValueError, match=rf"{what} is on device meta but the layer is on device cpu .*\.to\(device\)"):
+        if on_meta == "tables":
+            fusion_layer.forward_items(seq, meta)
+        elif on_meta == "item_seq":
+            fusion_layer.forward_items(seq.to("meta"), tables, mask=seq != 0)
+        elif on_meta == "mask":
+            fusion_layer.forward_items(seq, tables, mask=(seq != 0).to("meta"))
+        elif on_meta == "features":
+            fusion_layer({k: torch.randn(2, 4, v.shape[1], device="meta") for k, v in tables.items()}, seq != 0)
+        elif on_meta == "project_tables":
+            fusion_layer.project_tables(meta)
+        else:
+            fusion_layer.project_normalized_tables(meta)
+
+
 # ----------------------------------------------------------------------------------- attach() on a synthetic model
 def synthetic(name="SASRec", **attach_kwargs):
     from benchmarks.synthetic import SyntheticDataset, build_model, features
@@ -404,3 +443,12 @@ def test_a_header_only_item_file_is_a_clear_error_not_an_empty_encode(tmp_path, 
             catalogue_content("ml-100k", tmp_path, ContentSpec(text_fields=("movie_title",)))
         else:
             load_item_content("ml-100k", tmp_path)
+
+
+def test_attach_refuses_tables_on_the_meta_device():
+    from benchmarks.synthetic import SyntheticDataset, build_model, features
+
+    model = build_model("SASRec", "plain", 10)
+    with pytest.raises(ValueError, match=r"features\['text'\] is on device meta"):
+        fusionlayer.attach(model, {k: v.to("meta") for k, v in features().items()}, dataset=SyntheticDataset())
+    assert not fusionlayer.is_attached(model)

@@ -9,9 +9,15 @@ Files under ``<cache_dir>/<dataset>/<modality>/<encoder>/``:
 
 Every file is written to a temporary name and renamed into place; the ``.npy`` files carry their
 checksum in their name and ``meta.json`` is replaced last, so a crash at any point leaves the
-previous entry whole (files no meta points to are removed after the next successful write). A request whose encoder, weights and inputs all match is
-a cache hit, loaded memory-mapped after a checksum check; a corrupt file or changed input is
-detected and re-encoded, and when the catalogue grows only the new or changed items are encoded.
+previous entry whole (files no meta points to are removed after the next successful write). A request
+whose encoder, weights and inputs all match is a cache hit, loaded memory-mapped after a checksum check
+and a content check (every value finite); a corrupt file, an entry with NaN/Inf values (even with
+matching checksums) or a changed input is detected and the entry is re-encoded, and when the catalogue
+grows only the new or changed items are encoded.
+
+Reading needs no write access: a hit (or a request for a subset of the cached items) is served from a
+read-only cache folder. A request that must encode checks that the folder can be written before it
+encodes anything, and otherwise fails naming the folder (and why the entry is unusable, if it is).
 
 Rows are keyed by token, not by RecBole's internal id, because filtering (e.g. 5-core) renumbers
 items: :meth:`CachedFeatures.align` maps them onto a given RecBole dataset via
@@ -66,16 +72,31 @@ def _plain_file_name(name: Any) -> str:
     return name
 
 
-def _check_writable(folder: Path) -> None:
-    """Fail before any encoding when the cache folder cannot be written."""
+def _unwritable_reason(folder: Path) -> str | None:
+    """Why the cache cannot write ``folder`` (None: it can). Asks ``os.access`` first, then creates the folder
+    and a temporary file in it, so nothing is encoded before a write would fail."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no write permission on {existing}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise PermissionError(
-            f"the feature cache folder {folder} is not writable ({exc.strerror or exc}); pass a writable "
-            "cache_dir (fusionlayer encode --cache-dir DIR, or FUSIONLAYER_CACHE=DIR)") from None
+        return exc.strerror or str(exc) or type(exc).__name__
+    return None
+
+
+WRITABLE_ADVICE = "pass a writable cache_dir (fusionlayer encode --cache-dir DIR, or FUSIONLAYER_CACHE=DIR)"
+
+
+def _nonfinite_rows(features: np.ndarray, block: int = 8192) -> int:
+    """How many rows hold NaN or Inf, read in blocks (a memory map is never loaded whole)."""
+    return sum(int((~np.isfinite(features[i:i + block])).any(axis=1).sum()) for i in range(0, len(features), block))
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -182,10 +203,12 @@ class FeatureStore:
     def entry_dir(self, dataset: str, modality: str, encoder: Encoder) -> Path:
         return self.cache_dir / dataset / modality / encoder.name.replace("/", "_")
 
-    def _load_entry(self, folder: Path, encoder: Encoder) -> CachedFeatures | None:
+    def _load_entry(self, folder: Path, encoder: Encoder) -> tuple[CachedFeatures | None, str | None]:
+        """``(entry, None)``; ``(None, None)`` when there is none or it is another encoder's; ``(None, why)``
+        when the entry is unusable (corrupt files, NaN/Inf values). Only reads."""
         meta_path = folder / "meta.json"
         if not meta_path.is_file():
-            return None
+            return None, None
         try:
             meta = json.loads(meta_path.read_text())
             if not isinstance(meta, dict):
@@ -196,7 +219,7 @@ class FeatureStore:
             if (meta["format"] != FORMAT_VERSION or meta["encoder"] != encoder.name
                     or meta["fingerprint"] != encoder.fingerprint):
                 logger.info("cache %s was made by another encoder or weights; re-encoding", folder)
-                return None
+                return None, None
             if not isinstance(meta["files"], dict) or set(meta["files"]) != {"features", "present"}:
                 raise ValueError("meta.json 'files' must name exactly 'features' and 'present'")
             paths = {kind: folder / _plain_file_name(name) for kind, name in meta["files"].items()}
@@ -210,26 +233,39 @@ class FeatureStore:
                 raise ValueError("meta.json 'tokens' and 'input_keys' must be lists of the same length")
             if features.ndim != 2 or features.shape != (len(tokens), meta["dim"]) or present.shape != (len(tokens),):
                 raise ValueError(f"shape {features.shape} does not match meta.json")
-            if features.dtype != np.float32 or not np.isfinite(features).all():
-                raise ValueError("the feature rows are not all finite float32 values")
+            if features.dtype != np.float32:
+                raise ValueError(f"{paths['features'].name} holds {features.dtype}, not float32")
+            bad = _nonfinite_rows(features)
+            if bad:  # the checksums match, so it was written so: its rows cannot be trusted
+                raise ValueError(f"{paths['features'].name} has {bad} of {len(tokens)} rows with NaN/Inf values "
+                                 "although its checksum matches")
         except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
-            logger.warning("cache %s is corrupt (%s); re-encoding", folder, exc)
-            return None
-        return CachedFeatures(list(tokens), features, present, meta)
+            return None, str(exc) or type(exc).__name__
+        return CachedFeatures(list(tokens), features, present, meta), None
 
     def get(self, dataset: str, modality: str, encoder: Encoder, tokens: Sequence[str],
             inputs: Sequence[Any]) -> CachedFeatures:
         """Return features for ``tokens``, encoding only what the cache lacks or what changed.
 
+        A hit needs only read access. An entry with corrupt files or NaN/Inf values is re-encoded whole
+        (logged as a warning). Before encoding, the entry's folder must be writable.
+
         Args:
             dataset: dataset name (part of the cache path).
             modality: ``"text"`` or ``"image"``.
             encoder: the encoder (name and fingerprint are part of the key).
-            tokens: item tokens (original ids), one per input.
+            tokens: item tokens (original ids), one per input; at least one.
             inputs: raw inputs (texts or image paths; None = missing).
+
+        Raises:
+            ValueError: no tokens, one count of tokens and another of inputs, repeated tokens.
+            PermissionError: something must be encoded and the folder cannot be written (nothing was encoded).
         """
         if len(tokens) != len(inputs):
             raise ValueError(f"got {len(tokens)} tokens but {len(inputs)} inputs; give one input per token")
+        if not len(tokens):
+            raise ValueError(f"no items to encode for {dataset!r} {modality} (0 tokens): the item list is empty, e.g. "
+                             "an item file with a header and no rows; give at least one item token and its input")
         tokens = [str(t) for t in tokens]  # unique as the strings the cache keys on (1 and "1" are one token)
         if len(set(tokens)) != len(tokens):
             repeated = sorted(t for t, n in Counter(tokens).items() if n > 1)[:5]
@@ -237,9 +273,8 @@ class FeatureStore:
                              "deduplicate the item list first")
         start = time.perf_counter()
         folder = self.entry_dir(dataset, modality, encoder)
-        _check_writable(folder)
         keys = [encoder.input_key(x) for x in inputs]
-        cached = self._load_entry(folder, encoder)
+        cached, problem = self._load_entry(folder, encoder)
         if cached is not None:
             old_rows = {t: i for i, t in enumerate(cached.tokens)}
             old_key_of = dict(zip(cached.tokens, cached.meta["input_keys"]))
@@ -251,6 +286,21 @@ class FeatureStore:
                 return cached
         else:
             todo = list(range(len(tokens)))
+        unwritable = _unwritable_reason(folder)
+        if unwritable is not None and cached is not None and not todo:  # a subset of the entry: served, not rewritten
+            rows = [old_rows[t] for t in tokens]
+            subset = CachedFeatures(tokens, np.asarray(cached.features[rows]), np.asarray(cached.present[rows]),
+                                    {**cached.meta, "tokens": tokens, "input_keys": keys})
+            subset.stats = {"hit": True, "encoded": 0, "reused": len(tokens), "missing": int((~subset.present).sum()),
+                            "failures": [], "seconds": time.perf_counter() - start}
+            return subset
+        if unwritable is not None:
+            what = (f"its entry is unusable ({problem}) and cannot be re-encoded in place: delete {folder} "
+                    "(as a user who may write there), or" if problem else
+                    f"{len(todo)} of {len(tokens)} items are not cached yet and nothing was encoded:")
+            raise PermissionError(f"the feature cache folder {folder} is not writable ({unwritable}); {what} {WRITABLE_ADVICE}")
+        if problem:
+            logger.warning("cache %s is corrupt (%s); re-encoding", folder, problem)
         todo_set = set(todo)
         encoded, encoded_present = encoder.encode([inputs[i] for i in todo])
         if encoded.shape[0] != len(todo):
@@ -271,8 +321,15 @@ class FeatureStore:
                 present[i] = cached.present[old_rows[token]]
         features[todo] = encoded
         present[todo] = encoded_present
-        self._write(folder, encoder, tokens, keys, features, present)
-        result = self._load_entry(folder, encoder)
+        try:
+            self._write(folder, encoder, tokens, keys, features, present)
+        except OSError as exc:
+            raise type(exc)(f"could not write the feature cache entry {folder} ({exc}); the previous entry, if any, "
+                            f"is unchanged; {WRITABLE_ADVICE}") from exc
+        result, problem = self._load_entry(folder, encoder)
+        if result is None:
+            raise OSError(f"the feature cache entry {folder} just written does not read back ({problem}); "
+                          f"check the disk, or {WRITABLE_ADVICE}")
         result.stats = {"hit": False, "encoded": len(todo), "reused": len(tokens) - len(todo),
                         "missing": int((~present).sum()), "failures": failures,
                         "seconds": time.perf_counter() - start}

@@ -131,6 +131,32 @@ def lukemelas_to_timm(state_dict: dict[str, torch.Tensor], model: torch.nn.Modul
     return renamed
 
 
+def _read_state_dict(path: str | Path) -> dict:
+    """A checkpoint's tensors (``.safetensors``, or a ``.pth`` read with ``weights_only``: no code runs);
+    ValueError naming the file when it holds none (a missing or unreadable file stays an OSError)."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, LookupError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        why = ("torch's weights-only loader refused it: it holds more than tensors, or is no checkpoint at all"
+               if isinstance(exc, pickle.UnpicklingError) else f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
+        raise ValueError(f"cannot read weights from {path} ({why}); expected a .pth file of tensors (a state dict "
+                         "saved with torch.save) or a .safetensors file") from exc
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict (parameter name -> tensor)")
+    return state
+
+
 class TimmImageEncoder(ImageEncoder):
     """Any timm model, pooled features (``num_classes=0``), optionally from a local checkpoint.
 
@@ -159,13 +185,7 @@ class TimmImageEncoder(ImageEncoder):
         except RuntimeError as exc:
             raise KeyError(f"timm has no model {self.model_name!r}; list them with timm.list_models()") from exc
         if self.checkpoint:
-            if str(self.checkpoint).endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                state = load_file(str(self.checkpoint))
-            else:
-                state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state)
+            state = _read_state_dict(self.checkpoint)
             if self.key_map is not None:
                 state = self.key_map(state, model)
             model.load_state_dict(state, strict=True)

