@@ -111,6 +111,8 @@ class BPRAdapter(FusionAdapter):
             history = history.masked_fill(history == held.to(history.device).unsqueeze(1), 0)
             fused = self.fuse_history(history, id_sequence=self.model.item_embedding(history))
             return self.base_get_user_embedding(user) + fused
+        if self.caching():  # inference: every user's fused history once, kept while nothing it depends on changes
+            return self.base_get_user_embedding(user) + self.fused_users()[user]
         users, inverse = torch.unique(user, return_inverse=True)  # a batch repeats users: fuse each once
         history, embedding = self.history[users], self.model.item_embedding
         # inference reads the whole fused table (cached across calls); training the histories' rows only
@@ -119,3 +121,15 @@ class BPRAdapter(FusionAdapter):
         else:
             fused = self.fuse_history(history, id_table=embedding.weight)
         return self.base_get_user_embedding(user) + fused[inverse]
+
+    def fused_users(self, chunk: int = 4096) -> torch.Tensor:
+        """(n_users, E): every user's fused history, for inference (RecBole's full-sort evaluation of a general model
+        scores one user per call); in the inference cache, recomputed when a parameter or buffer it reads changes."""
+        embedding = self.model.item_embedding
+        inputs = [*self.parameters(), *self.buffers(), getattr(embedding, "base_layer", embedding).weight]
+
+        def compute() -> torch.Tensor:
+            weight = embedding.weight
+            return torch.cat([self.fuse_history(self.history[start:start + chunk], id_table=weight)
+                              for start in range(0, self.history.shape[0], chunk)])
+        return self._memoised("fused_users", inputs, compute)

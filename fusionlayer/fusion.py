@@ -255,6 +255,20 @@ class FeatureFusionLayer(nn.Module):
         sequences, projected_tables = dict(sequences or {}), dict(projected_tables or {})
         mask = item_seq != 0 if mask is None and isinstance(item_seq, torch.Tensor) else mask
         B, L = self._check_items(item_seq, mask, tables, projected_tables, sequences)
+        buckets = _length_buckets(mask) if last_only else None
+        if buckets is not None:  # short and long histories apart: each group computes only its own positions
+            parts = [self._items_last(item_seq[rows], tables, {k: v[rows] for k, v in sequences.items()},
+                                      projected_tables, mask[rows]) for rows in buckets]
+            return torch.cat(parts).index_select(0, torch.argsort(torch.cat(buckets)))
+        return self._items_last(item_seq, tables, sequences, projected_tables, mask) if last_only else \
+            self._items(item_seq, tables, sequences, projected_tables, mask, last_only=False)
+
+    def _items_last(self, item_seq, tables, sequences, projected_tables, mask) -> torch.Tensor:
+        return self._items(item_seq, tables, sequences, projected_tables, mask, last_only=True)
+
+    def _items(self, item_seq, tables, sequences, projected_tables, mask, *, last_only: bool) -> torch.Tensor:
+        """:meth:`forward_items` after its checks (and, with ``last_only``, for one length bucket)."""
+        B, L = mask.shape
         order, aligned_mask = self._align(mask)
         K = _longest(aligned_mask)  # positions before L - K are padding in every row: not computed
         aligned_seq = item_seq if order is None else item_seq.gather(1, order)
@@ -378,6 +392,31 @@ def _positions_first_index(order: torch.Tensor | None, B: int, L: int, device, *
     if keep is not None and keep < L:
         order = order[:, L - keep:]
     return (rows + order).t().reshape(-1)
+
+
+BUCKET_MIN_ROWS = 64  # smaller batches run as one group (a group's fixed cost outweighs the positions saved)
+
+
+def _length_buckets(mask: torch.Tensor) -> list[torch.Tensor] | None:
+    """Row indices of ``mask`` grouped by length (<= 8, <= 16, <= 32, ... real items), or None for one group.
+
+    A batch computes as many positions as its longest history (:func:`_longest`); on a sparse catalogue a few long
+    histories would make every short one pay for their length. Each row's output does not depend on the other rows,
+    so grouping changes no value. Only for ``last_only`` outputs (one vector per row), and batches of at least
+    ``BUCKET_MIN_ROWS`` rows whose longest group is much longer than most. One host read per call."""
+    B, L = mask.shape
+    if B < BUCKET_MIN_ROWS or L <= 8:
+        return None
+    lengths = mask.sum(1)
+    limits = [8]
+    while limits[-1] < L:
+        limits.append(limits[-1] * 2)
+    group = torch.bucketize(lengths, torch.tensor(limits, device=lengths.device))  # (B,) group of each row
+    counts = torch.bincount(group, minlength=len(limits)).tolist()
+    if sum(1 for c in counts if c) < 2:
+        return None
+    order = torch.argsort(group, stable=True)
+    return [rows for rows in torch.split(order, counts) if rows.numel()]
 
 
 def _longest(aligned_mask: torch.Tensor) -> int:

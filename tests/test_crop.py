@@ -59,3 +59,27 @@ def test_a_batch_of_empty_histories_gives_zeros():
     out = fusion.forward_items(seq, {"text": torch.randn(12, 12, dtype=torch.float64)},
                                sequences={"id": torch.randn(3, 10, 8, dtype=torch.float64)}, last_only=True)
     assert torch.equal(out, torch.zeros(3, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("sequences", [True, False])
+def test_length_groups_change_no_value(sequences, monkeypatch):
+    """A batch of mostly short histories and a few long ones runs as groups by length, row for row the same."""
+    import fusionlayer.fusion as fusion_module
+
+    fusion = layer()
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([1, 2, 3, 9, 10] * 16)  # 80 rows: groups <= 8 and <= 16
+    seq = (torch.randint(1, 12, (80, 10), generator=g) * (torch.arange(10) < lengths[:, None]))
+    table = {"text": torch.randn(12, 12, generator=g, dtype=torch.float64)}
+    ids = torch.randn(80, 10, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    given = {"sequences": {"id": ids}} if sequences else {"projected_tables": {"id": torch.randn(12, 8, generator=g, dtype=torch.float64)}}
+    assert [len(rows) for rows in fusion_module._length_buckets(seq != 0)] == [48, 32]
+    grouped = fusion.forward_items(seq, table, last_only=True, **given)
+    monkeypatch.setattr(fusion_module, "BUCKET_MIN_ROWS", 10**9)
+    assert fusion_module._length_buckets(seq != 0) is None
+    whole = fusion.forward_items(seq, table, last_only=True, **given)
+    torch.testing.assert_close(grouped, whole, rtol=1e-12, atol=1e-12)
+    if sequences:
+        a, = torch.autograd.grad(grouped.square().sum(), ids)
+        b, = torch.autograd.grad(whole.square().sum(), ids)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -110,3 +110,23 @@ def test_identity_at_attach_and_detach_with_the_option(name, setups):
 def test_bad_values_are_refused(bad, error):
     with pytest.raises(error, match="hold_out_target must be True or False"):
         fusionlayer.AdapterOptions(hold_out_target=bad)
+
+
+def test_bpr_inference_reuses_every_users_fused_history_until_a_parameter_changes(setups):
+    """Full-sort evaluation of BPR scores one user per call: the fused users are computed once, and again after
+    an optimiser step; the scores equal those computed with autograd on (no cache)."""
+    model, batch = attached("BPR", setups)
+    users = batch[model.USER_ID][:5]
+    model.eval()
+    with torch.no_grad():
+        cached = model.get_user_embedding(users)
+        assert "fused_users" in model.fusion_adapter._memo
+        table = model.fusion_adapter._memo["fused_users"][1]
+        assert torch.equal(model.get_user_embedding(users), cached) and model.fusion_adapter._memo["fused_users"][1] is table
+    fresh = model.get_user_embedding(users)  # autograd on: computed, not cached
+    torch.testing.assert_close(cached, fresh.detach())
+    with torch.no_grad():
+        model.fusion_adapter.user_out.weight.add_(1.0)  # an in-place step: the cache must not serve stale users
+        moved = model.get_user_embedding(users)
+    assert not torch.allclose(moved, cached)
+    torch.testing.assert_close(moved, model.get_user_embedding(users).detach())
