@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 bench-quick: $(STAMP)
-	$(PY) benchmarks/compat.py --quick
+	$(PY) -m benchmarks.compat --quick
 
 clean:
 	rm -rf $(VENV) log log_tensorboard saved .pytest_cache

@@ -18,6 +18,7 @@ plain slope + 0.1.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import math
 import resource
@@ -269,7 +270,7 @@ def publish(result: dict, args) -> int:
     text = markdown(result)
     atomic_write_bytes(args.out.with_suffix(".md"), text.encode())
     if args.readme:
-        rel = args.out.resolve().relative_to(args.readme.resolve().parent)
+        rel = Path(os.path.relpath(args.out.resolve(), args.readme.resolve().parent))  # the image link from the page
         update_readme(args.readme, f"{text}\n\n![step time and peak RSS against catalogue size]({rel.with_suffix('.png')})",
                       block="catalogue")
     print(text)

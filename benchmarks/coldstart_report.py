@@ -1,7 +1,7 @@
 """Report on the cold-start benchmark: cold and warm targets per model and variant, the targets, a chart.
 
     python -m benchmarks.coldstart_report                       # writes coldstart-ml-100k.{md,png}
-    python -m benchmarks.coldstart_report --readme README.md    # also the README block between the markers
+    python -m benchmarks.coldstart_report --readme docs/coldstart.md    # also the block between the markers there
     python -m benchmarks.coldstart_report --remedy benchmarks/results/coldstart-remedy/*.jsonl   # a remedy study
 
 Targets (issue 15): on cold targets every attached backbone with the cold-item option (``fusion+cold``)
@@ -233,7 +233,7 @@ def report(results: Path, quick: bool = False) -> tuple[str, str]:
     atomic_write_bytes(results.with_suffix(".md"), full.encode())
     chart(groups, results.with_suffix(".png"))
     section = "\n".join([f"Produced by `python -m benchmarks.coldstart` then `python -m benchmarks.coldstart_report "
-                         f"--readme README.md`; raw lines `{rel}`, chart `{rel[:-len('.jsonl')]}.png`.", "", *body])
+                         f"--readme docs/coldstart.md`; raw lines `{rel}`, chart `{rel[:-len('.jsonl')]}.png`.", "", *body])
     return full, section
 
 

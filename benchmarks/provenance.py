@@ -66,7 +66,9 @@ def atomic_write_json(path: Path, value: Any) -> None:
 
 def runs_summary(rows: list[dict]) -> str:
     """``Runs: N; commits ...; device ...; dates first .. last; commands `...``` of results lines (no final period)."""
-    dates = sorted(r["date"] for r in rows)
+    dates, commands = sorted(r["date"] for r in rows), sorted({r["command"] for r in rows})
+    shown = (", ".join(f"`{c}`" for c in commands) if len(commands) <= 2 else
+             f"{len(commands)} commands (each run's is on its line of the results file)")
     return (f"Runs: {len(rows)}; commits {', '.join(sorted({r['commit'] for r in rows}))}; device "
-            f"{', '.join(sorted({r['device'] for r in rows}))}; dates {dates[0]} .. {dates[-1]}; commands "
-            + ", ".join(f"`{c}`" for c in sorted({r['command'] for r in rows})))
+            f"{', '.join(sorted({r['device'] for r in rows}))}; torch {', '.join(sorted({r.get('torch', '?') for r in rows}))}; "
+            f"dates {dates[0]} .. {dates[-1]}; " + ("command " if len(commands) == 1 else "commands ") + shown)

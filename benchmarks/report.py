@@ -17,9 +17,10 @@ Writes ``<results>.md`` and ``<results>.png`` next to the results file and print
 main grid's plain and default +fusion runs of the same backbone and seed, on **validation** NDCG@10 (the split
 options are chosen on), with test NDCG@10 beside it for the record; writes ``DIR/report.md``.
 
-``--readme README.md`` also replaces the part of the README between ``<!-- compat:begin -->`` and
-``<!-- compat:end -->`` with the main table, the significance table and the verdicts, so the README's table is
-produced by a command, never typed.
+``--readme docs/compatibility-<dataset>.md`` also replaces the part of that page between ``<!-- compat:begin -->``
+and ``<!-- compat:end -->`` with the main table, the significance table and the verdicts; ``--summary README.md``
+replaces the dataset's short answer in the README (``<!-- summary:begin -->`` for ML-100K,
+``<!-- summary-<dataset>:begin -->`` otherwise). Tables are produced by a command, never typed.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import numpy as np
 from benchmarks.compat import read_results
 from benchmarks.figures import save_png, subplots
 from benchmarks.models import BACKBONES, STANDALONE, variants
-from benchmarks.provenance import atomic_write_bytes
+from benchmarks.provenance import atomic_write_bytes, runs_summary
 from fusionlayer.config import AdapterOptions
 
 HERE = Path(__file__).resolve().parent
@@ -112,18 +113,27 @@ def per_user(runs: list[dict]) -> dict[int, tuple[float, int]]:
     return {u: (statistics.fmean(v), pops[u]) for u, v in values.items()}
 
 
+def paired_users(groups, model: str) -> tuple[list[int], dict, dict] | None:
+    """``(seeds, plain per user, fusion per user)`` of ``model`` over the seeds both variants have (:func:`per_user`),
+    or None when no seed has both."""
+    plain = {r["seed"]: r for r in groups.get((model, "plain"), [])}
+    fusion = {r["seed"]: r for r in groups.get((model, "fusion"), [])}
+    seeds = sorted(set(plain) & set(fusion))
+    if not seeds:
+        return None
+    return seeds, per_user([plain[s] for s in seeds]), per_user([fusion[s] for s in seeds])
+
+
 def paired_tests(groups) -> dict[str, dict]:
     """backbone -> {seeds, users, plain, fusion, p}: one-sided Wilcoxon signed-rank, H1 fusion > plain."""
     from scipy.stats import wilcoxon
 
     tests = {}
     for model in BACKBONES:
-        plain = {r["seed"]: r for r in groups.get((model, "plain"), [])}
-        fusion = {r["seed"]: r for r in groups.get((model, "fusion"), [])}
-        seeds = sorted(set(plain) & set(fusion))
-        if not seeds:
+        paired = paired_users(groups, model)
+        if paired is None:
             continue
-        a, b = per_user([plain[s] for s in seeds]), per_user([fusion[s] for s in seeds])
+        seeds, a, b = paired
         users = sorted(set(a) & set(b))
         x, y = np.array([a[u][0] for u in users]), np.array([b[u][0] for u in users])
         p = float(wilcoxon(y, x, alternative="greater", zero_method="wilcox").pvalue) if np.any(x != y) else 1.0
@@ -353,12 +363,10 @@ def tail_gains(groups) -> dict[str, tuple[float, float, int]]:
     if limit is None:
         return out
     for model in BACKBONES:
-        plain = {r["seed"]: r for r in groups.get((model, "plain"), [])}
-        fusion = {r["seed"]: r for r in groups.get((model, "fusion"), [])}
-        seeds = sorted(set(plain) & set(fusion))
-        if not seeds:
+        paired = paired_users(groups, model)
+        if paired is None:
             continue
-        a, b = per_user([plain[s] for s in seeds]), per_user([fusion[s] for s in seeds])
+        _, a, b = paired
         users = [u for u in set(a) & set(b) if a[u][1] <= limit]
         if users:
             out[model] = (statistics.fmean(a[u][0] for u in users), statistics.fmean(b[u][0] for u in users), len(users))
@@ -467,13 +475,7 @@ def bar_chart(groups, path: Path) -> None:
 
 def provenance(rows: list[dict], quick: bool) -> list[str]:
     full = [r for r in rows if bool(r.get("quick")) == quick]
-    if not full:
-        return []
-    commits = sorted({r["commit"] for r in full})
-    dates = sorted(r["date"] for r in full)
-    devices = sorted({r["device"] for r in full})
-    return [f"Runs: {len(full)}; commits {', '.join(commits)}; device {', '.join(devices)}; torch {full[0]['torch']}; "
-            f"dates {dates[0]} .. {dates[-1]}; commands " + ", ".join(f"`{c}`" for c in sorted({r['command'] for r in full})) + "."]
+    return [runs_summary(full) + "."] if full else []
 
 
 def report(results: Path, dataset: str, quick: bool = False) -> str:
@@ -499,14 +501,25 @@ def report(results: Path, dataset: str, quick: bool = False) -> str:
     return text
 
 
+def docs_page(dataset: str) -> str:
+    """Where a dataset's compatibility block is shown: ``docs/compatibility-<dataset>.md``."""
+    return f"docs/compatibility-{dataset}.md"
+
+
+def summary_block(dataset: str) -> str:
+    """The README block with a dataset's short answer: ``summary`` (ML-100K, the first) or ``summary-<dataset>``."""
+    return "summary" if dataset == "ml-100k" else f"summary-{dataset}"
+
+
 def readme_section(results: Path, dataset: str) -> str:
-    """The README's compatibility section: provenance, main table, significance, verdicts, links."""
+    """A dataset's compatibility block (its page under docs/): provenance, main table, significance, verdicts, links."""
     rows = read_results(results)
     groups = group(rows, dataset)
     runs = sum(len(v) for v in groups.values())
     expected = FULL_SEEDS * (2 * len(BACKBONES) + len(STANDALONE))
     rel = os.path.relpath(results, HERE.parent)
-    lines = [f"Produced by `python -m benchmarks.compat --seeds 0,1,2` then `python -m benchmarks.report --readme README.md`"
+    lines = [f"Produced by `python -m benchmarks.compat --dataset {dataset}` then `python -m benchmarks.report "
+             f"--dataset {dataset} --readme {docs_page(dataset)} --summary README.md`"
              f" ({runs} of {expected} runs recorded).", *provenance(rows, False), "",
              f"Full report (the table against 100 sampled negatives, NDCG by target popularity, the paper's numbers): "
              f"`{rel[:-len('.jsonl')]}.md`; raw lines: `{rel}`; chart: `{rel[:-len('.jsonl')]}.png`.", "",
@@ -557,7 +570,8 @@ def summary_section(results: Path, dataset: str) -> str:
                         if mixer else "") + ".")
     runs = sum(len(v) for v in groups.values())
     expected = FULL_SEEDS * (2 * len(BACKBONES) + len(STANDALONE))
-    lines.append(f"- {runs} of the grid's {expected} runs recorded; written by `python -m benchmarks.report --readme README.md`.")
+    lines.append(f"- {runs} of the grid's {expected} runs recorded; details: [{docs_page(dataset)}]({docs_page(dataset)}); "
+                 f"written by `python -m benchmarks.report --dataset {dataset} --summary README.md`.")
     return "\n".join(lines)
 
 
@@ -699,7 +713,9 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=None, help="default benchmarks/results/compat-<dataset>.jsonl")
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--quick", action="store_true", help="report the --quick rows instead of the real ones")
-    parser.add_argument("--readme", type=Path, help="also rewrite this README's compat block (between the markers)")
+    parser.add_argument("--readme", type=Path, help="also rewrite the compat block (between the markers) of this page, "
+                                                     "e.g. docs/compatibility-<dataset>.md")
+    parser.add_argument("--summary", type=Path, help="also rewrite the dataset's summary block of this file (README.md)")
     parser.add_argument("--ablation", type=Path, help="report the --fusion-option variants in DIR/*.jsonl instead (writes DIR/report.md)")
     parser.add_argument("--patience", type=Path, metavar="STUDY",
                         help="report a patience study (compat.py --patience N --out STUDY) beside the runs of --results "
@@ -709,32 +725,29 @@ def main(argv=None) -> int:
         args.results = HERE / "results" / f"compat-{args.dataset}{'-quick' if args.quick else ''}.jsonl"
     if not args.results.is_file():
         parser.error(f"{args.results} does not exist; run benchmarks/compat.py first")
-    if args.patience is not None:
-        if not args.patience.is_file():
-            parser.error(f"--patience {args.patience} does not exist; run benchmarks/compat.py --patience N --out {args.patience} first")
-        try:
-            print(patience_report(args.results, args.patience, args.dataset))
-        except ValueError as err:
-            parser.error(str(err))
-        return 0
-    if args.ablation is not None:
-        if not args.ablation.is_dir():
-            parser.error(f"--ablation {args.ablation} is not a directory")
-        try:
-            print(ablation_report(args.results, args.ablation, args.dataset))
-        except ValueError as err:
-            parser.error(str(err))
-        return 0
-    if args.readme is not None and not args.readme.is_file():
-        parser.error(f"--readme {args.readme} does not exist")
+    studies = ((args.patience, patience_report, lambda p: p.is_file(),
+                f"--patience {args.patience} does not exist; run python -m benchmarks.compat --patience N --out {args.patience} first"),
+               (args.ablation, ablation_report, lambda p: p.is_dir(), f"--ablation {args.ablation} is not a directory"))
+    for study, write, exists, missing in studies:  # a study beside the main grid instead of the grid's report
+        if study is not None:
+            if not exists(study):
+                parser.error(missing)
+            try:
+                print(write(args.results, study, args.dataset))
+            except ValueError as err:
+                parser.error(str(err))
+            return 0
+    for option, path in (("--readme", args.readme), ("--summary", args.summary)):
+        if path is not None and not path.is_file():
+            parser.error(f"{option} {path} does not exist")
     print(report(args.results, args.dataset, args.quick))
-    if args.readme is not None:
-        try:
+    try:
+        if args.readme is not None:
             update_readme(args.readme, readme_section(args.results, args.dataset))
-            if "<!-- summary:begin -->" in args.readme.read_text():  # the optional short answer near the top
-                update_readme(args.readme, summary_section(args.results, args.dataset), block="summary")
-        except ValueError as err:
-            parser.error(str(err))
+        if args.summary is not None:  # the short answer in the project's README
+            update_readme(args.summary, summary_section(args.results, args.dataset), block=summary_block(args.dataset))
+    except ValueError as err:
+        parser.error(str(err))
     return 0
 
 

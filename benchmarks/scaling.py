@@ -141,6 +141,7 @@ def make_inputs(B: int, L: int, device: str, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     features = {m: torch.randn(B, L, d, generator=g).to(device) for m, d in MODALITY_DIMS.items()}
     lengths = torch.randint(L // 2, L + 1, (B,), generator=g)
+    lengths[0] = L  # the longest history is L: the layer computes only as many positions as the longest one holds
     mask = (torch.arange(L)[None, :] < lengths[:, None]).to(device)
     return features, mask
 

@@ -20,7 +20,7 @@ subprocess so its memory is its own:
     python -m benchmarks.step_cost --profile                     # + torch.profiler top ops per attached model
     python -m benchmarks.step_cost --device cuda --out benchmarks/results/step-cost-cuda.json
     python -m benchmarks.step_cost --markdown-only --before benchmarks/results/step-cost-cpu-before.json
-    python -m benchmarks.step_cost --before benchmarks/results/step-cost-cpu-before.json --readme README.md
+    python -m benchmarks.step_cost --before benchmarks/results/step-cost-cpu-before.json --readme docs/cost.md
 """
 
 from __future__ import annotations

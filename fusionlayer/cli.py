@@ -14,9 +14,9 @@ Environment (read here only, never by the library): ``FUSIONLAYER_DATA`` (datase
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
+import subprocess
 import pickle
 import sys
 import time
@@ -101,18 +101,14 @@ def _checkout_root() -> Path | None:
 
 
 def _bench(args: argparse.Namespace, rest: list[str]) -> int:
+    """``python -m benchmarks.<which> <rest>`` in the source checkout, as a child process (the library never edits
+    ``sys.path``); its exit status is ours."""
     root = _checkout_root()
-    if root is not None and str(root) not in sys.path:
-        sys.path.insert(0, str(root))  # console scripts do not put the working directory on sys.path
-    try:
-        module = importlib.import_module(f"benchmarks.{args.which}")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("benchmarks", f"benchmarks.{args.which}"):
-            raise
+    if root is None:
         print(f"the benchmarks ship with the source checkout, not the wheel: clone the repository and run "
               f"`python -m benchmarks.{args.which}` from its root", file=sys.stderr)
         return 2
-    return module.main(rest)
+    return subprocess.run([sys.executable, "-m", f"benchmarks.{args.which}", *rest], cwd=root).returncode
 
 
 def _positive_int(text: str) -> int:

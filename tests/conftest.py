@@ -83,3 +83,25 @@ def fusion_layer():
     torch.manual_seed(0)
     return fusionlayer.FeatureFusionLayer(modality_dims={"id": 16, "text": 12, "image": 20}, hidden_size=16,
                                           max_seq_length=10, token_hidden_size=8, channel_hidden_size=32, dropout=0.0)
+
+
+def fresh(name, setups, **attach_kwargs):
+    """``(attached model, the same model before attaching, (config, train, valid, test, one batch))``: backbone
+    ``name`` on the tiny slice, attached to random features with ``attach_kwargs``."""
+    import copy
+
+    config, train, valid, test, batch = setups(name)
+    torch.manual_seed(0)
+    model = backbone_class(name)(config, train.dataset)
+    base = copy.deepcopy(model)
+    fusionlayer.attach(model, random_features(train.dataset.item_num), dataset=train.dataset, **attach_kwargs)
+    return model, base, (config, train, valid, test, batch)
+
+
+def same_training_loss(model, other, batch) -> bool:
+    """Whether two models give bit-identical training losses on ``batch`` under the same random draws."""
+    model.train(), other.train()
+    torch.manual_seed(1)
+    loss = model.calculate_loss(batch)
+    torch.manual_seed(1)
+    return torch.equal(loss, other.calculate_loss(batch))

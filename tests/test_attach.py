@@ -8,19 +8,10 @@ import pytest
 import torch
 
 import fusionlayer
-from conftest import backbone_class, random_features
+from conftest import backbone_class, fresh, random_features, same_training_loss
 
 pytestmark = pytest.mark.needs_ml100k
 BACKBONES = ["SASRec", "GRU4Rec", "FPMC", "BPR"]
-
-
-def fresh(name, setups, **attach_kwargs):
-    config, train, valid, test, batch = setups(name)
-    torch.manual_seed(0)
-    model = backbone_class(name)(config, train.dataset)
-    base = copy.deepcopy(model)
-    fusionlayer.attach(model, random_features(train.dataset.item_num), dataset=train.dataset, **attach_kwargs)
-    return model, base, (config, train, valid, test, batch)
 
 
 def scores(model, data):
@@ -39,12 +30,7 @@ def test_identity_at_attach(name, setups):
     model, base, data = fresh(name, setups)
     (full_a, pair_a), (full_b, pair_b) = scores(model, data), scores(base, data)
     assert torch.equal(full_a, full_b) and torch.equal(pair_a, pair_b)
-    model.train(), base.train()
-    batch = data[4]
-    torch.manual_seed(1)
-    loss_a = model.calculate_loss(batch)
-    torch.manual_seed(1)
-    assert torch.equal(loss_a, base.calculate_loss(batch))
+    assert same_training_loss(model, base, data[4])
 
 
 @pytest.mark.parametrize("name", BACKBONES)
@@ -275,7 +261,7 @@ def test_features_follow_the_model_device_and_dtype(setups):
 
 
 def test_readme_snippet_runs(setups, tmp_path):
-    """The five-line usage from README.md, verbatim apart from the data set-up."""
+    """attach, RecBole's own Trainer, detach: the usage the README describes."""
     config, train_data, valid_data, _, _ = setups("SASRec")
     n = train_data.dataset.item_num
     T, I = torch.randn(n, 16), torch.randn(n, 24)

@@ -173,7 +173,7 @@ def test_report_verdicts_and_readme_block(tmp_path):
     assert "old table" not in new and new.startswith("# x\n\nbefore\n") and new.endswith(f"{report.README_END}\nafter\n")
     assert "| GRU4Rec | fusion | 0,1,2 |" in new and "17 of 30 runs recorded" in new
     readme.write_text(f"# x\n<!-- summary:begin -->\nold\n<!-- summary:end -->\n{report.README_BEGIN}\n{report.README_END}\n")
-    assert report.main(["--results", str(path), "--readme", str(readme)]) == 0  # the optional short answer too
+    assert report.main(["--results", str(path), "--readme", str(readme), "--summary", str(readme)]) == 0  # the short answer
     summary = readme.read_text().split("<!-- summary:begin -->")[1].split("<!-- summary:end -->")[0]
     assert "old" not in summary and "- GRU4Rec + `attach()`: test NDCG@10 +" in summary
     assert "3 seeds): improved." in summary and "3 seeds): not improved." in summary
@@ -182,7 +182,16 @@ def test_report_verdicts_and_readme_block(tmp_path):
     readme.write_text("# no markers\n")
     with pytest.raises(SystemExit):
         report.main(["--results", str(path), "--readme", str(readme)])
+    with pytest.raises(SystemExit):
+        report.main(["--results", str(path), "--summary", str(readme)])
     assert readme.read_text() == "# no markers\n"
+    other = tmp_path / "README-other.md"  # another dataset's short answer has its own block
+    other.write_text("# x\n<!-- summary-amazon-scientific:begin -->\n<!-- summary-amazon-scientific:end -->\n")
+    rows = [{**json.loads(line), "dataset": "amazon-scientific"} for line in path.read_text().splitlines() if line.strip()]
+    scientific = tmp_path / "compat-amazon-scientific.jsonl"
+    scientific.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert report.main(["--dataset", "amazon-scientific", "--results", str(scientific), "--summary", str(other)]) == 0
+    assert "docs/compatibility-amazon-scientific.md" in other.read_text()
 
 
 def test_inference_cache_benchmark_writes_results(tmp_path):

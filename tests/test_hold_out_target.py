@@ -6,18 +6,14 @@ import pytest
 import torch
 
 import fusionlayer
-from conftest import backbone_class, random_features
+from conftest import fresh, same_training_loss
 
 pytestmark = pytest.mark.needs_ml100k
 BACKBONES = ["SASRec", "GRU4Rec", "FPMC", "BPR"]
 
 
 def attached(name, setups, **options):
-    config, train, valid, test, batch = setups(name)
-    torch.manual_seed(0)
-    model = backbone_class(name)(config, train.dataset)
-    fusionlayer.attach(model, random_features(train.dataset.item_num), dataset=train.dataset, output_dropout=0.0,
-                       **options)
+    model, _, (*_, batch) = fresh(name, setups, output_dropout=0.0, **options)
     with torch.no_grad():  # outputs away from zero, so the history's content reaches the scores
         for p in model.fusion_adapter.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -76,32 +72,17 @@ def test_evaluation_is_unchanged_by_the_option(name, setups):
     with torch.no_grad():
         assert torch.equal(on.predict(batch), off.predict(batch))
     if name != "BPR":
-        on.train(), off.train()
-        torch.manual_seed(1)
-        loss_on = on.calculate_loss(batch)
-        torch.manual_seed(1)
-        assert torch.equal(loss_on, off.calculate_loss(batch))
+        assert same_training_loss(on, off, batch)
 
 
 @pytest.mark.parametrize("name", BACKBONES)
 def test_identity_at_attach_and_detach_with_the_option(name, setups):
-    import copy
-
-    config, train, valid, test, batch = setups(name)
-    torch.manual_seed(0)
-    model = backbone_class(name)(config, train.dataset)
-    base = copy.deepcopy(model)
-    fusionlayer.attach(model, random_features(train.dataset.item_num), dataset=train.dataset, hold_out_target=True)
-    model.train(), base.train()
-    torch.manual_seed(1)
-    loss = model.calculate_loss(batch)
-    torch.manual_seed(1)
-    assert torch.equal(loss, base.calculate_loss(batch))
+    model, base, (config, train, valid, test, batch) = fresh(name, setups, hold_out_target=True)
+    assert same_training_loss(model, base, batch)
     state = fusionlayer.fusion_state_dict(model)
     fusionlayer.detach(model)
     assert "calculate_loss" not in model.__dict__ and not fusionlayer.is_attached(model)
-    again = backbone_class(name)(config, train.dataset)
-    fusionlayer.attach(again, random_features(train.dataset.item_num), dataset=train.dataset, hold_out_target=True)
+    again, _, _ = fresh(name, setups, hold_out_target=True)
     fusionlayer.load_fusion_state_dict(again, state)
     assert again.fusion_adapter.options.hold_out_target is True
 

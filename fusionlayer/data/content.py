@@ -22,12 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from fusionlayer.data.movielens import ItemContent
 
-__all__ = ["ContentSpec", "IMAGE_EXTENSIONS", "catalogue_content", "read_table"]
+__all__ = ["ContentSpec", "IMAGE_EXTENSIONS", "ItemContent", "catalogue_content", "read_table"]
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+
+
+@dataclass(frozen=True)
+class ItemContent:
+    """Raw content of one item, keyed by its dataset token (the original item id)."""
+
+    token: str
+    text: str | None  # None: nothing to encode
+    poster: Path | None  # None: no poster file
 
 
 @dataclass(frozen=True)

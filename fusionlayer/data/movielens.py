@@ -31,8 +31,9 @@ import re
 import tempfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
+
+from fusionlayer.data.content import ContentSpec, ItemContent, catalogue_content
 
 logger = logging.getLogger(__name__)
 
@@ -151,13 +152,6 @@ def _split_title(raw: str) -> tuple[str, str]:
     return raw, ""
 
 
-@dataclass(frozen=True)
-class ItemContent:
-    """Raw content of one item, keyed by its dataset token (the original item id)."""
-
-    token: str
-    text: str | None  # None: nothing to encode
-    poster: Path | None  # None: no poster file
 
 
 def item_text(title: str, genres: list[str], plot: str) -> str | None:
@@ -176,7 +170,6 @@ def _movielens_text(row) -> str | None:
 
 
 def _movielens_content():
-    from fusionlayer.data.content import ContentSpec
 
     return ContentSpec(text_file="items.csv", token_field="movie_id", template=_movielens_text, image_dir="posters",
                        text_reader=_read_items_csv)
@@ -251,7 +244,6 @@ def load_item_content(name: str, data_root: str | Path | None = None) -> tuple[l
     """
     from dataclasses import replace
 
-    from fusionlayer.data.content import catalogue_content
 
     folder = ensure_dataset(name, data_root)
     empty_plots = [0]
