@@ -116,7 +116,7 @@ class BPRAdapter(FusionAdapter):
         users, inverse = torch.unique(user, return_inverse=True)  # a batch repeats users: fuse each once
         history, embedding = self.history[users], self.model.item_embedding
         # inference reads the whole fused table (cached across calls); training the histories' rows only
-        if not self.caching() and history.numel() < self.rows_fraction * embedding.num_embeddings:
+        if not self.content.caching() and history.numel() < self.rows_fraction * embedding.num_embeddings:
             fused = self.fuse_history(history, id_sequence=embedding(history))
         else:
             fused = self.fuse_history(history, id_table=embedding.weight)

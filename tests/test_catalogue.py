@@ -11,6 +11,7 @@ import torch
 
 import fusionlayer
 from fusionlayer.adapters.base import FusionAdapter
+from fusionlayer.adapters.content import ItemContent
 from benchmarks.synthetic import build_model, synthetic_batch
 
 N = 6000  # items: a batch touches far fewer than half of them
@@ -56,14 +57,14 @@ def test_rows_only_path_equals_the_whole_catalogue(name, options, monkeypatch):
         return original(self, *args)
 
     projections = {"whole": 0}
-    full_projection = FusionAdapter.projected_tables
+    full_projection = ItemContent.projected_tables  # every whole-catalogue projection, whoever asks for it
 
     def counting_projection(self):
         projections["whole"] += 1
         return full_projection(self)
 
     monkeypatch.setattr(FusionAdapter, "fused_rows", counting)
-    monkeypatch.setattr(FusionAdapter, "projected_tables", counting_projection)
+    monkeypatch.setattr(ItemContent, "projected_tables", counting_projection)
     fast = loss_and_grads(model, batch)
     # pairwise losses never project the whole catalogue; CE losses score every item, once per step
     assert calls["rows"] > 0 and projections["whole"] == (0 if name in ("BPR", "FPMC") else 1)

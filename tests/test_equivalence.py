@@ -67,8 +67,9 @@ def use_reference(model, raw, monkeypatch):
         return
     adapter = model.fusion_adapter
     layer = adapter.fusion
-    monkeypatch.setattr(adapter, "_memoised", lambda key, inputs, compute: compute())  # nothing shared
-    monkeypatch.setattr(adapter, "projected_tables", lambda: {n: layer.projections[n](t) for n, t in raw.items()})
+    content = adapter.content  # the tables, their projection and the cache (adapters/content.py)
+    monkeypatch.setattr(content, "memoised", lambda key, inputs, compute: compute())  # nothing shared
+    monkeypatch.setattr(content, "projected_tables", lambda: {n: layer.projections[n](t) for n, t in raw.items()})
     monkeypatch.setattr(layer, "forward_items", lambda *a, **k: reference_forward_items(layer, *a, **k))
 
 
