@@ -111,7 +111,7 @@ class BPRAdapter(FusionAdapter):
             history = history.masked_fill(history == held.to(history.device).unsqueeze(1), 0)
             fused = self.fuse_history(history, id_sequence=self.model.item_embedding(history))
             return self.base_get_user_embedding(user) + fused
-        if self.caching():  # inference: every user's fused history once, kept while nothing it depends on changes
+        if self.content.caching():  # inference: every user's fused history once, kept while nothing it depends on changes
             return self.base_get_user_embedding(user) + self.fused_users()[user]
         users, inverse = torch.unique(user, return_inverse=True)  # a batch repeats users: fuse each once
         history, embedding = self.history[users], self.model.item_embedding
@@ -132,4 +132,4 @@ class BPRAdapter(FusionAdapter):
             weight = embedding.weight
             return torch.cat([self.fuse_history(self.history[start:start + chunk], id_table=weight)
                               for start in range(0, self.history.shape[0], chunk)])
-        return self._memoised("fused_users", inputs, compute)
+        return self.content.memoised("fused_users", inputs, compute)
