@@ -164,6 +164,8 @@ def load_backbone_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
     return model
 
 
+# Longer than 60 lines on purpose: every check runs before the first change, then the change runs in one
+# place, so a failed call leaves the model untouched (attach()'s contract); split, that order is harder to see.
 def add_items(model: nn.Module, features: Mapping[str, Any], tokens: list[str], *,
               optimizer: torch.optim.Optimizer | None = None) -> list[int]:
     """Add items to an attached model without retraining; returns their internal ids (``n_items`` onwards).
@@ -254,6 +256,8 @@ _GROWN: "dict[int, weakref.ref]" = {}
 
 
 @torch.no_grad()
+# Longer than 60 lines on purpose: checks, then the validation pass, then the choice, with the previous offset
+# restored on any error in one try block; split, the restore would have to span several functions.
 def calibrate_cold_offset(model: nn.Module, valid_data: Any, *, max_warm_loss: float = 0.02,
                           grid: tuple[float, ...] | None = None) -> dict[str, Any]:
     """Choose, on validation, a constant added to the scores of items scored from content alone, and set it.

@@ -243,6 +243,7 @@ class FeatureStore:
             return None, str(exc) or type(exc).__name__
         return CachedFeatures(list(tokens), features, present, meta), None
 
+    # Over 60 lines with its 18-line docstring: hit, read-only answer, encode, write, read back, in order.
     def get(self, dataset: str, modality: str, encoder: Encoder, tokens: Sequence[str],
             inputs: Sequence[Any]) -> CachedFeatures:
         """Return features for ``tokens``, encoding only what the cache lacks or what changed.
@@ -261,16 +262,7 @@ class FeatureStore:
             ValueError: no tokens, one count of tokens and another of inputs, repeated tokens.
             PermissionError: something must be encoded and the folder cannot be written (nothing was encoded).
         """
-        if len(tokens) != len(inputs):
-            raise ValueError(f"got {len(tokens)} tokens but {len(inputs)} inputs; give one input per token")
-        if not len(tokens):
-            raise ValueError(f"no items to encode for {dataset!r} {modality} (0 tokens): the item list is empty, e.g. "
-                             "an item file with a header and no rows; give at least one item token and its input")
-        tokens = [str(t) for t in tokens]  # unique as the strings the cache keys on (1 and "1" are one token)
-        if len(set(tokens)) != len(tokens):
-            repeated = sorted(t for t, n in Counter(tokens).items() if n > 1)[:5]
-            raise ValueError(f"tokens must be unique, got {repeated} more than once (compared as strings); "
-                             "deduplicate the item list first")
+        tokens = _checked_tokens(dataset, modality, tokens, inputs)
         start = time.perf_counter()
         folder = self.entry_dir(dataset, modality, encoder)
         keys = [encoder.input_key(x) for x in inputs]
@@ -302,14 +294,7 @@ class FeatureStore:
         if problem:
             logger.warning("cache %s is corrupt (%s); re-encoding", folder, problem)
         todo_set = set(todo)
-        encoded, encoded_present = encoder.encode([inputs[i] for i in todo])
-        if encoded.shape[0] != len(todo):
-            raise RuntimeError(f"{encoder.name} returned {encoded.shape[0]} rows for {len(todo)} inputs; nothing was cached")
-        failures = [(tokens[todo[j]], reason) for j, reason in encoder.failures]
-        bad = ~np.isfinite(encoded).all(axis=1)
-        if bad.any():  # never cache a NaN/Inf row: zero it, mark it missing, count it
-            encoded[bad], encoded_present[bad] = 0.0, False
-            failures += [(tokens[todo[j]], "encoder output has NaN/Inf values") for j in np.flatnonzero(bad)]
+        encoded, encoded_present, failures = _encode_rows(encoder, [inputs[i] for i in todo], [tokens[i] for i in todo])
         for token, reason in failures:
             logger.info("%s %s item %s: %s (zero row, present=False)", dataset, modality, token, reason)
         dim = encoded.shape[1] if todo else cached.dim
@@ -353,3 +338,31 @@ class FeatureStore:
         for stale in folder.glob("*.npy"):
             if stale.name not in files.values():
                 stale.unlink(missing_ok=True)
+
+
+def _checked_tokens(dataset: str, modality: str, tokens: Sequence[str], inputs: Sequence[Any]) -> list[str]:
+    """``tokens`` as strings, after checking there is one input per token, at least one, and no repeats."""
+    if len(tokens) != len(inputs):
+        raise ValueError(f"got {len(tokens)} tokens but {len(inputs)} inputs; give one input per token")
+    if not len(tokens):
+        raise ValueError(f"no items to encode for {dataset!r} {modality} (0 tokens): the item list is empty, e.g. "
+                         "an item file with a header and no rows; give at least one item token and its input")
+    tokens = [str(t) for t in tokens]  # unique as the strings the cache keys on (1 and "1" are one token)
+    if len(set(tokens)) != len(tokens):
+        repeated = sorted(t for t, n in Counter(tokens).items() if n > 1)[:5]
+        raise ValueError(f"tokens must be unique, got {repeated} more than once (compared as strings); "
+                         "deduplicate the item list first")
+    return tokens
+
+
+def _encode_rows(encoder: Encoder, inputs: list[Any], tokens: list[str]) -> tuple[np.ndarray, np.ndarray, list]:
+    """``(features, present, failures)`` of ``inputs``: a NaN/Inf row is never cached (zeroed, marked missing, counted)."""
+    encoded, present = encoder.encode(inputs)
+    if encoded.shape[0] != len(inputs):
+        raise RuntimeError(f"{encoder.name} returned {encoded.shape[0]} rows for {len(inputs)} inputs; nothing was cached")
+    failures = [(tokens[j], reason) for j, reason in encoder.failures]
+    bad = ~np.isfinite(encoded).all(axis=1)
+    if bad.any():
+        encoded[bad], present[bad] = 0.0, False
+        failures += [(tokens[j], "encoder output has NaN/Inf values") for j in np.flatnonzero(bad)]
+    return encoded, present, failures
