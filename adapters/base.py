@@ -171,6 +171,8 @@ class FusionAdapter(nn.Module):
 
         Adapters call it only when ``history_on`` (``side`` is ``"both"`` or ``"history"``).
         """
+        if self.backbone_only():  # the backbone's own pass (backbone_loss): nothing added
+            return item_seq.new_zeros(item_seq.shape[0], self.user_out.out_features, dtype=self.user_out.weight.dtype)
         tables, sequences, mask = {}, {}, item_seq != 0
         scoped = self._scope is not None and "projected_tables" in self._scope
         few = item_seq.numel() < self.rows_fraction * self.item_present.shape[0]
@@ -189,6 +191,10 @@ class FusionAdapter(nn.Module):
                                           mask=mask, last_only=True)
         out = self.user_out(self.output_dropout(fused))
         return out if self.options.output_scale == 1 else out * self.options.output_scale
+
+    def backbone_only(self) -> bool:
+        """In the backbone's own pass of a training step (``backbone_loss``): the fusion adds nothing."""
+        return self._scope is not None and self._scope.get("backbone_only", False)
 
     # ---------------------------------------------------------------- the candidate side
     def _delta(self, name: str, content: torch.Tensor) -> torch.Tensor:
@@ -210,6 +216,8 @@ class FusionAdapter(nn.Module):
         With ``cold_dropout``, the ID part of cold items is zero (content alone), and in training a
         fresh random share of items loses its ID part for the whole step (DropoutNet).
         """
+        if self.backbone_only():
+            return base_weight
         inputs = [*self.content.inputs(), self.item_out[name].weight, base_weight, self.cold_items]
         return self.content.memoised(f"weight:{name}", inputs,
                                      lambda: self.cold.id_part(base_weight, self._scope) + self.item_delta(name))
@@ -218,6 +226,8 @@ class FusionAdapter(nn.Module):
         """``F.embedding(ids, fused_weight(name, ...))``, computing only the rows ``ids`` uses when they are
         fewer than half the catalogue and the whole weight is not already at hand (pairwise losses and
         histories over a large catalogue never project every item)."""
+        if self.backbone_only():
+            return F.embedding(ids, base_layer.weight, base_layer.padding_idx)
         scoped = self._scope is not None and f"weight:{name}" in self._scope
         rows_only = self.rows_fraction * base_layer.num_embeddings
         few = not scoped and not self.content.caching() and ids.numel() < rows_only

@@ -85,7 +85,8 @@ class ContentEmbedding(nn.Module):
 class _Scoped:
     """A model entry point run inside the adapter's call scope (one projection per call), with what the adapter
     does around it: before a training loss, the check that the optimiser holds the fusion weights and the redraw
-    of cold negatives; after ``predict`` and ``full_sort_predict``, the cold items' score offset.
+    of cold negatives, and with ``backbone_loss`` the backbone's own loss added (a second pass with the fusion off);
+    after ``predict`` and ``full_sort_predict``, the cold items' score offset.
 
     A plain class rather than a closure, so an attached model can be deep-copied and pickled.
     """
@@ -106,6 +107,10 @@ class _Scoped:
         adapter._scope = {"training_loss": True} if training_loss else {}
         try:
             out = self.function(*args, **kwargs)
+            weight = adapter.options.backbone_loss
+            if training_loss and weight > 0:  # the same step with the fusion off: the backbone's own loss
+                adapter._scope = {"training_loss": True, "backbone_only": True}
+                out = out + weight * self.function(*args, **kwargs)
         finally:
             adapter._scope = None
         if self.name == "full_sort_predict" and args:

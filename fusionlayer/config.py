@@ -15,7 +15,7 @@ def _reserved_names() -> frozenset[str]:
 
 
 _RESERVED_NAMES = _reserved_names()
-_RANGES = {"in [0, 1)": lambda v: 0.0 <= v < 1.0, "> 0": lambda v: v > 0}
+_RANGES = {"in [0, 1)": lambda v: 0.0 <= v < 1.0, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0}
 
 
 def _check_numbers(config: Any, **rules: str) -> None:
@@ -115,11 +115,16 @@ class AdapterOptions:
     # For backbones whose history is the user's whole training set (BPR); without it every training positive sits in
     # its own user's history, a leak that evaluation never has. Sequential backbones' histories end before the target
     # already: no effect there.
+    backbone_loss: float = 0.0  # training: add this weight times the backbone's own loss (the same step with the
+    # fusion switched off) to each training loss, so the ID part keeps learning as the plain backbone does while the
+    # content learns what it adds (against the content taking over a pairwise loss, which one uniform negative makes
+    # easy); costs one more backbone pass per step. Scores are unchanged by it: evaluation always fuses.
     reduce_features: int | None = None  # large catalogues: each table -> its top-r principal directions, once at
     # attach time, read in row chunks (fusionlayer/reduction.py); None keeps the tables exact
 
     def __post_init__(self) -> None:
-        _check_numbers(self, output_dropout="in [0, 1)", output_scale="> 0", cold_dropout="in [0, 1)")
+        _check_numbers(self, output_dropout="in [0, 1)", output_scale="> 0", cold_dropout="in [0, 1)",
+                       backbone_loss=">= 0 (0 turns it off)")
         if self.cold_dropout > 0 and self.side == "history":
             raise ValueError("cold_dropout hides candidate items' ID embeddings, but side='history' leaves the candidate "
                              "side without content; use side='both' or 'candidate'")
@@ -145,7 +150,7 @@ class AdapterOptions:
 
     def fusion_config(self, modality_dims: Mapping[str, int], default_max_seq_length: int) -> FusionConfig:
         adapter_only = {"output_dropout", "output_scale", "side", "max_seq_length", "cold_dropout", "reduce_features",
-                        "hold_out_target"}
+                        "hold_out_target", "backbone_loss"}
         values = {k: v for k, v in asdict(self).items() if k not in adapter_only}
         return FusionConfig(modality_dims=dict(modality_dims), max_seq_length=self.max_seq_length or default_max_seq_length,
                             **values)
