@@ -192,6 +192,22 @@ class FusionAdapter(nn.Module):
         out = self.user_out(self.output_dropout(fused))
         return out if self.options.output_scale == 1 else out * self.options.output_scale
 
+    def extra_losses(self, interaction: Any) -> torch.Tensor | float:
+        """What a training step adds to the host's loss, in the step's scope: with ``softmax_loss``, the cross-entropy
+        of the fused full-catalogue scores at the positive item (for pairwise hosts; 0 otherwise)."""
+        weight = self.options.softmax_loss
+        if weight <= 0 or not self.pairwise:
+            return 0.0
+        model = self.model
+        target = interaction[model.ITEM_ID]
+        scores = model.full_sort_predict(interaction).view(target.shape[0], -1)
+        return weight * F.cross_entropy(scores, target.long())
+
+    @property
+    def pairwise(self) -> bool:
+        """The host trains with sampled negatives (RecBole's pairwise input type: BPR, FPMC)."""
+        return getattr(getattr(self.model, "input_type", None), "name", None) == "PAIRWISE"
+
     def backbone_only(self) -> bool:
         """In the backbone's own pass of a training step (``backbone_loss``): the fusion adds nothing."""
         return self._scope is not None and self._scope.get("backbone_only", False)

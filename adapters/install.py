@@ -107,6 +107,8 @@ class _Scoped:
         adapter._scope = {"training_loss": True} if training_loss else {}
         try:
             out = self.function(*args, **kwargs)
+            if training_loss and args:
+                out = out + adapter.extra_losses(args[0])
             weight = adapter.options.backbone_loss
             if training_loss and weight > 0:  # the same step with the fusion off: the backbone's own loss
                 adapter._scope = {"training_loss": True, "backbone_only": True}

@@ -119,12 +119,16 @@ class AdapterOptions:
     # fusion switched off) to each training loss, so the ID part keeps learning as the plain backbone does while the
     # content learns what it adds (against the content taking over a pairwise loss, which one uniform negative makes
     # easy); costs one more backbone pass per step. Scores are unchanged by it: evaluation always fuses.
+    softmax_loss: float = 0.0  # training, pairwise backbones (BPR, FPMC): add this weight times the cross-entropy of
+    # the model's fused full-catalogue scores (its full_sort_predict) at the positive item. One uniform negative per
+    # positive teaches the content coarse distinctions (any related item beats a random one); the softmax over every
+    # item teaches it to rank among related items. Backbones trained with cross-entropy already rank every item.
     reduce_features: int | None = None  # large catalogues: each table -> its top-r principal directions, once at
     # attach time, read in row chunks (fusionlayer/reduction.py); None keeps the tables exact
 
     def __post_init__(self) -> None:
         _check_numbers(self, output_dropout="in [0, 1)", output_scale="> 0", cold_dropout="in [0, 1)",
-                       backbone_loss=">= 0 (0 turns it off)")
+                       backbone_loss=">= 0 (0 turns it off)", softmax_loss=">= 0 (0 turns it off)")
         if self.cold_dropout > 0 and self.side == "history":
             raise ValueError("cold_dropout hides candidate items' ID embeddings, but side='history' leaves the candidate "
                              "side without content; use side='both' or 'candidate'")
@@ -150,7 +154,7 @@ class AdapterOptions:
 
     def fusion_config(self, modality_dims: Mapping[str, int], default_max_seq_length: int) -> FusionConfig:
         adapter_only = {"output_dropout", "output_scale", "side", "max_seq_length", "cold_dropout", "reduce_features",
-                        "hold_out_target", "backbone_loss"}
+                        "hold_out_target", "backbone_loss", "softmax_loss"}
         values = {k: v for k, v in asdict(self).items() if k not in adapter_only}
         return FusionConfig(modality_dims=dict(modality_dims), max_seq_length=self.max_seq_length or default_max_seq_length,
                             **values)

@@ -59,7 +59,37 @@ def test_identity_at_attach_is_kept(name, setups):
     torch.testing.assert_close(loss, 3.0 * base.calculate_loss(batch))
 
 
+@pytest.mark.parametrize("option", ["backbone_loss", "softmax_loss"])
 @pytest.mark.parametrize("bad, error", [(-0.1, ValueError), ("1", TypeError), (True, TypeError)])
-def test_bad_values_are_refused(bad, error):
-    with pytest.raises(error, match="backbone_loss"):
-        fusionlayer.AdapterOptions(backbone_loss=bad)
+def test_bad_values_are_refused(option, bad, error):
+    with pytest.raises(error, match=option):
+        fusionlayer.AdapterOptions(**{option: bad})
+
+
+@pytest.mark.parametrize("name", ["FPMC", "BPR"])
+def test_softmax_loss_adds_the_cross_entropy_of_the_fused_scores(name, setups):
+    model, _, (*_, batch) = fresh(name, setups, softmax_loss=0.5, output_dropout=0.0)
+    moved(model)
+    plain, _, _ = fresh(name, setups, output_dropout=0.0)
+    plain.load_state_dict(model.state_dict())
+    model.train(), plain.train()
+    target = batch[plain.ITEM_ID]
+    scores = plain.full_sort_predict(batch).view(target.shape[0], -1)
+    expected = plain.calculate_loss(batch) + 0.5 * torch.nn.functional.cross_entropy(scores, target)
+    loss = model.calculate_loss(batch)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert float(model.fusion_adapter.item_out[next(iter(model.fusion_adapter.item_out))].weight.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("name", ["SASRec", "GRU4Rec"])
+def test_softmax_loss_changes_nothing_for_a_cross_entropy_backbone(name, setups):
+    model, _, (*_, batch) = fresh(name, setups, softmax_loss=1.0)
+    other, _, _ = fresh(name, setups)
+    moved(model)
+    other.load_state_dict(model.state_dict())
+    model.train(), other.train()
+    torch.manual_seed(3)
+    loss = model.calculate_loss(batch)
+    torch.manual_seed(3)
+    assert torch.equal(loss, other.calculate_loss(batch))

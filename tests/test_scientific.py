@@ -83,3 +83,18 @@ def test_attached_model_has_a_text_stream_only(scientific_slice, tmp_path):
     assert not any("image" in name for name, _ in model.named_parameters())
     assert not any("image" in name for name, _ in model.named_buffers())
     assert json.loads(json.dumps(adapter.options.to_dict()))  # the recipe is recorded as JSON
+
+
+def test_early_curves_record_a_diagnostic_line(scientific_slice, tmp_path):
+    from benchmarks import early_curves
+
+    root, *_ = scientific_slice
+    out = tmp_path / "early.jsonl"
+    argv = ["--dataset", "amazon-scientific", "--model", "BPR", "--epochs", "2", "--data-dir", str(root),
+            "--cache-dir", str(tmp_path / "cache"), "--fusion-option", "backbone_loss=1.0", "--out", str(out)]
+    assert early_curves.main(argv) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(row["valid_ndcg@10"]) == 2 and row["options"] == {"backbone_loss": 1.0} and row["commit"]
+    assert "not a result" in row["diagnostic"]
+    with pytest.raises(SystemExit):
+        early_curves.main(["--model", "BPR", "--plain", "--fusion-option", "side=history"])
