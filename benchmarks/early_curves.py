@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plain", action="store_true", help="the plain backbone instead of +fusion")
     parser.add_argument("--fusion-option", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--zero-content", action="store_true",
+                        help="a control: attach with every item's features zero (no content reaches the model), e.g. with "
+                             "side=candidate to train the plain backbone under an added loss alone")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
@@ -40,8 +43,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
-    if args.plain and args.fusion_option:
-        parser.error("--plain runs the backbone without fusion: give no --fusion-option with it")
+    if args.plain and (args.fusion_option or args.zero_content):
+        parser.error("--plain runs the backbone without fusion: give no --fusion-option or --zero-content with it")
     try:
         options = compat.parse_fusion_options(args.fusion_option)
     except ValueError as exc:
@@ -57,11 +60,15 @@ def main(argv=None) -> int:
     variant = "plain" if args.plain else "fusion"
     extra = {"checkpoint_dir": tempfile.mkdtemp(prefix="fusionlayer-early-"), "epochs": args.epochs,
              "stopping_step": args.epochs + 1}
+    if args.zero_content:
+        load = compat.load_tables
+        compat.load_tables = lambda *a, **k: {m: t.new_zeros(t.shape) for m, t in load(*a, **k).items()}
     config, _, (train, valid, _), model = compat.build_run(args.model, variant, args.seed, run_args, hparams, extra=extra)
     trainer = ResumableTrainer(config, model, tempfile.mkdtemp(prefix="fusionlayer-early-"), {"early": True})
     start = time.perf_counter()
     trainer.fit(train, valid, verbose=False, saved=True, show_progress=False)
     row = {"dataset": args.dataset, "model": args.model, "variant": variant, "seed": args.seed, "options": options,
+           **({"zero_content": True} if args.zero_content else {}),
            "diagnostic": "early validation curve, not a result",
            "valid_ndcg@10": [round(float(r["ndcg@10"]), 5) for r in trainer.valid_curve],
            "train_seconds": round(time.perf_counter() - start, 1),
