@@ -455,6 +455,38 @@ def anchors_table(groups, dataset: str) -> list[str]:
     return lines
 
 
+def recipe_runs(dataset: str) -> list[str]:
+    """The +fusion recipe search's recorded runs on ``dataset`` (``results/tuning/<dataset>-<model>.jsonl``, seed 0's
+    candidates and confirmations), beside the plain baseline's validation score: what was tried, on validation."""
+    import json as _json
+
+    folder, lines = HERE / "results" / "tuning", []
+    plain = {(r["model"], r["seed"]): r["valid"]["full"]["ndcg@10"] for r in read_results(HERE / "results" / f"compat-{dataset}.jsonl")
+             if r["variant"] == "plain" and not r.get("quick")}
+    for model in BACKBONES:
+        for path in (folder / f"{dataset}-{model}.jsonl", folder / f"confirm-{dataset}-{model}.jsonl"):
+            for r in read_results(path):
+                base = plain.get((model, r["seed"]))
+                valid = r["valid"]["full"]["ndcg@10"]
+                change = f"{100 * (valid / base - 1):+.1f} %" if base else "-"
+                lines.append(f"| {model} | {r.get('candidate', '-')} | {r['seed']} | {valid:.4f} | {change} | "
+                             f"{r['test']['full']['ndcg@10']:.4f} | {r['best_epoch']} / {r['epochs_run']} | {r['commit']} |")
+    head = ["| backbone | candidate | seed | valid NDCG@10 | vs plain (valid) | test NDCG@10 | best epoch / run | commit |",
+            "|---|---|---|---|---|---|---|---|"] if lines else []
+    early = folder / f"early-curves-{dataset}.jsonl"
+    curves = [_json.loads(line) for line in early.read_text().splitlines() if line.strip()] if early.is_file() else []
+    out = head + lines
+    if curves:
+        out += ["" if out else "No converged recipe-search run recorded yet.", "", "Early validation curves (diagnostics, not results: a few epochs each, seed 0; "
+                f"`python -m benchmarks.early_curves`, lines in `{os.path.relpath(early, HERE.parent)}`):", "",
+                "| backbone | variant | options | valid NDCG@10 after each epoch | commit |", "|---|---|---|---|---|"]
+        for c in curves:
+            options = ", ".join(f"{k}={v}" for k, v in c["options"].items()) + (" (zero content: a control)" if c.get("zero_content") else "")
+            out.append(f"| {c['model']} | {c['variant']} | {options or '-'} | {', '.join(f'{v:.4f}' for v in c['valid_ndcg@10'])} | "
+                       f"{c['commit']} |")
+    return out
+
+
 def bar_chart(groups, path: Path) -> None:
     models = [m for m in BACKBONES if groups.get((m, "plain")) or groups.get((m, "fusion"))]
     fig, ax = subplots(figsize=(7, 3.6))
@@ -494,7 +526,9 @@ def report(results: Path, dataset: str, quick: bool = False) -> str:
              "## Validation curves: the chosen epoch against its neighbours", "", *curve_table(groups), "",
              "## NDCG@10 by popularity of the test item (training interactions)", "", *popularity(groups), "",
              "## Published numbers (other papers' runs and protocols)", "", *paper_table(dataset), "",
-             *anchors_table(groups, dataset), ""]
+             *anchors_table(groups, dataset), "",
+             "## The +fusion recipe search (validation chooses; test recorded)", "",
+             *(recipe_runs(dataset) or ["No recipe-search run recorded for this dataset."]), ""]
     text = "\n".join(lines)
     atomic_write_bytes(results.with_suffix(".md"), text.encode())
     bar_chart(groups, results.with_suffix(".png"))
