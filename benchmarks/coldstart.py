@@ -1,6 +1,6 @@
 """Cold-start benchmark: items no one interacted with in training, scored from their content.
 
-Protocol (issue 15): ML-100K after the compatibility benchmark's 5-core filter; a random 10 % of the items,
+Protocol: the dataset after its protocol file's filter (ML-100K: the compatibility benchmark's 5-core filter); a random 10 % of the items,
 chosen with a fixed seed (``--cold-seed``, independent of the run seeds), lose every interaction except
 those that are a user's last two, so they never occur in training and appear only as validation/test
 targets (leave-one-out by time, full ranking over all items). Every run reports NDCG@10 and Hit@10 on the
@@ -83,12 +83,13 @@ def write_cold_dataset(inter: dict[str, np.ndarray], out_root: Path, name: str, 
 
 
 def filtered_interactions(args, hparams) -> dict[str, np.ndarray]:
-    """The benchmark dataset's interactions after RecBole's 5-core filter, as tokens."""
+    """The benchmark dataset's interactions after its protocol's filter (ML-100K: RecBole's 5-core), as tokens."""
     from fusionlayer.data.recbole_data import recbole_config
     from recbole.data import create_dataset
 
     config = recbole_config(compat.model_class("BPR"), args.dataset_name, data_root=args.data_root,
-                            overrides={**hparams["common"], "checkpoint_dir": str(args.work / "saved")})
+                            overrides={**hparams.get("recbole", {}), **hparams["common"],
+                                       "checkpoint_dir": str(args.work / "saved")})
     dataset = create_dataset(config)
     tokens = {f: dataset.field2id_token[f] for f in (dataset.uid_field, dataset.iid_field)}
     column = lambda field: np.asarray(dataset.inter_feat[field])  # noqa: E731
@@ -180,7 +181,7 @@ def build_cold_run(model: str, variant: str, seed: int, args, hparams: dict, col
     extra = {"checkpoint_dir": str(args.work / "saved"), "user_inter_num_interval": "[0,inf)",
              "item_inter_num_interval": "[0,inf)", **(hparams["quick"] if args.quick else {})}
     extra.pop("users", None)
-    run_args = argparse.Namespace(**{**vars(args), "dataset": "ml-100k"})  # features keyed by ML-100K's tokens
+    run_args = argparse.Namespace(**{**vars(args), "dataset": args.dataset})  # features keyed by the dataset's tokens
     config, dataset, data, built = compat.build_run("SASRec" if knn else model, "plain" if knn else variant.split("+")[0],
                                                     seed, run_args, recipe, data_root=args.work,
                                                     dataset_name=args.cold_name, extra=extra)
@@ -190,7 +191,7 @@ def build_cold_run(model: str, variant: str, seed: int, args, hparams: dict, col
     tokens = train_data.dataset.field2id_token[train_data.dataset.iid_field]
     cold_ids = np.array([i for i, t in enumerate(tokens) if t in cold_tokens])
     if knn:
-        tables = compat.load_tables("ml-100k", train_data.dataset, run_args, hparams)
+        tables = compat.load_tables(args.dataset, train_data.dataset, run_args, hparams)
         return config, data, ContentKNN(tables, built.ITEM_SEQ, built.USER_ID), recipe, cold_ids, counts
     seen = FusionAdapter.training_items(train_data.dataset, train_data.dataset.item_num).numpy()
     keep_unseen_items_out_of_training(built, train_data, np.flatnonzero(~seen[1:]) + 1)  # attach's cold items
@@ -376,7 +377,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cold-seed", type=int, default=2024, help="seed of the held-out item set (fixed across runs)")
     parser.add_argument("--cold-dropout", type=float, default=0.3, help="attach(cold_dropout=...) of fusion+cold")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--dataset", default="ml-100k", help=f"one of {compat.DATASETS}")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--device", default="cpu")
@@ -424,7 +425,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("recbole").setLevel(logging.WARNING)
     set_threads(args.threads)
-    hparams = compat.load_hparams()
+    hparams = compat.load_hparams(dataset=args.dataset)
     for model_hparams in hparams["models"].values():
         # One patience for every cold-start run (the common one, 10): the compatibility grid's longer patience for
         # BPR came after this benchmark's first runs, and the variants compared within a seed must share it.

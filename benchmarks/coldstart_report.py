@@ -218,17 +218,17 @@ def provenance_line(rows: list[dict]) -> str:
     return f"{runs_summary(rows)}; cold items in the catalogue {rows[0].get('cold_items')}."
 
 
-def report(results: Path, quick: bool = False) -> tuple[str, str]:
+def report(results: Path, quick: bool = False, dataset: str = "ml-100k") -> tuple[str, str]:
     """(full markdown report, README section); writes ``<results>.md`` and ``<results>.png``."""
     rows = [r for r in read_results(results) if bool(r.get("quick")) == quick
             and (r["model"] == "ContentKNN" or r.get("protocol") == PROTOCOL)  # older protocols: history/
             and same_recipe(r)]  # a +fusion line whose recipe is no longer attach()'s default: stale
-    groups = group(rows, quick)
+    groups = group(rows, quick, dataset)
     rel = os.path.relpath(results, HERE.parent)
     body = [provenance_line(rows), "",
             "Test metrics, full ranking over all items, split by whether the test target is a cold item "
             "(mean ± std over seeds):", "", *table(groups), "", "Targets:", "", *verdicts(groups)]
-    full = "\n".join(["# Cold-start benchmark: ml-100k" + (" (--quick wiring check; not a result)" if quick else ""), "",
+    full = "\n".join([f"# Cold-start benchmark: {dataset}" + (" (--quick wiring check; not a result)" if quick else ""), "",
                       *body, ""])
     atomic_write_bytes(results.with_suffix(".md"), full.encode())
     chart(groups, results.with_suffix(".png"))
@@ -239,7 +239,8 @@ def report(results: Path, quick: bool = False) -> tuple[str, str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=HERE / "results" / "coldstart-ml-100k.jsonl")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--results", type=Path, default=None, help="default benchmarks/results/coldstart-<dataset>.jsonl")
     parser.add_argument("--quick", action="store_true", help="report the --quick rows instead of the real ones")
     parser.add_argument("--readme", type=Path, default=None, help="also rewrite this README's coldstart block")
     parser.add_argument("--remedy", type=Path, nargs="+", default=None, metavar="JSONL",
@@ -253,9 +254,11 @@ def main(argv=None) -> int:
         atomic_write_bytes(args.remedy[0].parent / "remedy.md", text.encode())
         print(text)
         return 0
+    if args.results is None:
+        args.results = HERE / "results" / f"coldstart-{args.dataset}{'-quick' if args.quick else ''}.jsonl"
     if not args.results.is_file():
-        parser.error(f"{args.results} does not exist; run python -m benchmarks.coldstart first")
-    full, section = report(args.results, args.quick)
+        parser.error(f"{args.results} does not exist; run python -m benchmarks.coldstart --dataset {args.dataset} first")
+    full, section = report(args.results, args.quick, args.dataset)
     if args.readme:
         update_readme(args.readme, section, block="coldstart")
     print(full)

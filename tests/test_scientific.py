@@ -98,3 +98,20 @@ def test_early_curves_record_a_diagnostic_line(scientific_slice, tmp_path):
     assert "not a result" in row["diagnostic"]
     with pytest.raises(SystemExit):
         early_curves.main(["--model", "BPR", "--plain", "--fusion-option", "side=history"])
+
+
+def test_coldstart_takes_the_dataset(scientific_slice, tmp_path):
+    """The cold-start benchmark on the Scientific slice: its protocol (no re-filtering), its text features."""
+    from benchmarks import coldstart, coldstart_report, compat
+
+    root, *_ = scientific_slice
+    out = tmp_path / "coldstart-amazon-scientific-quick.jsonl"
+    argv = ["--dataset", "amazon-scientific", "--quick", "--data-dir", str(root), "--cache-dir", str(tmp_path / "cache"),
+            "--models", "BPR,ContentKNN", "--variants", "plain,fusion+cold,standalone", "--out", str(out), "--threads", "1"]
+    assert coldstart.main(argv) == 0
+    rows = {(r["model"], r["variant"]): r for r in compat.read_results(out)}
+    assert {("BPR", "plain"), ("BPR", "fusion+cold")} <= {key for key in rows if key[0] == "BPR"}
+    assert any(model == "ContentKNN" for model, _ in rows)
+    assert all(r["dataset"] == "amazon-scientific" for r in rows.values())
+    full, _ = coldstart_report.report(out, quick=True, dataset="amazon-scientific")
+    assert full.startswith("# Cold-start benchmark: amazon-scientific")
