@@ -346,42 +346,38 @@ def reference_check(groups, dataset: str = "ml-100k") -> list[str]:
 TAIL_SHARE = 0.2  # the least popular 20 % of test targets: one bucket of its own
 
 
-def tail_threshold(groups) -> int | None:
-    """The training popularity at or below which the least popular 20 % of test targets fall (users ordered by
-    their target's popularity; the first run's targets, which every run of a dataset shares)."""
-    runs = [r for rs in groups.values() for r in rs]
-    if not runs:
-        return None
-    pops = sorted(runs[0]["per_user"]["target_pop"])
-    return int(pops[max(0, math.ceil(TAIL_SHARE * len(pops)) - 1)]) if pops else None
+def tail_users(users: dict[int, tuple[float, int]]) -> set[int]:
+    """The users whose test target is among the least popular 20 %: ordered by the target's training popularity
+    (then by user id, so ties split the same way every time), the first 20 %. ``users`` as :func:`per_user` gives."""
+    order = sorted(users, key=lambda u: (users[u][1], u))
+    return set(order[:math.ceil(TAIL_SHARE * len(order))])
 
 
-def tail_gains(groups) -> dict[str, tuple[float, float, int]]:
-    """backbone -> (plain, fusion, users): mean test NDCG@10 over the users whose target is in the least popular
-    20 % (over the seeds both variants have)."""
-    limit, out = tail_threshold(groups), {}
-    if limit is None:
-        return out
+def tail_gains(groups) -> dict[str, tuple[float, float, int, int]]:
+    """backbone -> (plain, fusion, users, largest target popularity among them): mean test NDCG@10 over the users whose
+    target is among the least popular 20 % of the backbone's test targets (over the seeds both variants have)."""
+    out = {}
     for model in BACKBONES:
         paired = paired_users(groups, model)
         if paired is None:
             continue
         _, a, b = paired
-        users = [u for u in set(a) & set(b) if a[u][1] <= limit]
+        users = tail_users({u: a[u] for u in set(a) & set(b)})
         if users:
-            out[model] = (statistics.fmean(a[u][0] for u in users), statistics.fmean(b[u][0] for u in users), len(users))
+            out[model] = (statistics.fmean(a[u][0] for u in users), statistics.fmean(b[u][0] for u in users), len(users),
+                          max(a[u][1] for u in users))
     return out
 
 
 def tail_verdicts(groups, goal: float | None) -> list[str]:
     if goal is None:
         return []
-    limit, lines = tail_threshold(groups), []
-    for model, (plain, fusion, users) in tail_gains(groups).items():
+    lines = []
+    for model, (plain, fusion, users, top) in tail_gains(groups).items():
         gain = (fusion - plain) / plain if plain else math.nan
         ok = math.isfinite(gain) and gain >= goal
-        lines.append(f"- **{model}**, least popular 20 % of targets (<= {limit} training interactions, {users} users): "
-                     f"{plain:.4f} -> {fusion:.4f} ({gain * 100:+.1f} %): "
+        lines.append(f"- **{model}**, least popular 20 % of targets ({users} users, targets with <= {top} training "
+                     f"interactions): {plain:.4f} -> {fusion:.4f} ({gain * 100:+.1f} %): "
                      + ("target met" if ok else f"target (+{goal:.0%}) **not** met") + ".")
     return lines
 
@@ -398,10 +394,10 @@ def best_attached_verdict(groups, goal: float | None) -> list[str]:
 
 
 def popularity(groups) -> list[str]:
-    limit = tail_threshold(groups)
-    bins = POPULARITY_BINS + ([(0, limit, f"least popular 20 % (<= {limit})")] if limit is not None else [])
-    header = "| model | variant | " + " | ".join(f"target pop {label} (users)" for *_, label in bins) + " |"
-    lines = [header, "|---|---|" + "---|" * len(bins)]
+    bins = POPULARITY_BINS
+    header = ("| model | variant | " + " | ".join(f"target pop {label} (users)" for *_, label in bins)
+              + " | least popular 20 % of targets (users) |")
+    lines = [header, "|---|---|" + "---|" * (len(bins) + 1)]
     for model in BACKBONES + STANDALONE:
         for variant in variants(model):
             runs = groups.get((model, variant), [])
@@ -412,6 +408,9 @@ def popularity(groups) -> list[str]:
             for low, high, _ in bins:
                 vals = [v for v, pop in users.values() if low <= pop <= high]
                 cells.append(f"{statistics.fmean(vals):.4f} ({len(vals)})" if vals else "- (0)")
+            tail = tail_users(per_user(groups.get((model, "plain")) or runs))  # the same users for both variants
+            vals = [users[u][0] for u in tail if u in users]
+            cells.append(f"{statistics.fmean(vals):.4f} ({len(vals)})" if vals else "- (0)")
             lines.append(f"| {model} | {variant} | " + " | ".join(cells) + " |")
     return lines
 
