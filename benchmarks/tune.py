@@ -120,7 +120,7 @@ def run(args, space: dict) -> None:
     grid = compat.RESULTS / f"compat-{args.dataset}.jsonl"
     for model in args.models:
         for candidate in space["candidates"]:
-            if (not wanted or candidate["name"] in wanted) and model in candidate.get("models", space["models"]):
+            if (not wanted or candidate["name"] in wanted) and applies(candidate, model, space):
                 _record(results_path(args.dataset, model), model, candidate, space["seed"], args,
                         _recipe(hparams, candidate), grid if candidate["name"] == "default" else None)
 
@@ -164,13 +164,14 @@ def pick(dataset: str, space: dict) -> dict:
     """Per backbone: every candidate's validation NDCG@10, the pick, and the plain baseline's."""
     main = [r for r in compat.read_results(compat.RESULTS / f"compat-{dataset}.jsonl")
             if r["variant"] == "plain" and int(r["seed"]) == space["seed"] and not r.get("quick")]
-    picks, pickable = {}, pickable_candidates(space)
+    picks = {}
     for model in space["models"]:
         rows = {r["candidate"]: r for r in compat.read_results(results_path(dataset, model))}
         if not rows:
             continue
         scores = {name: r["valid"]["full"]["ndcg@10"] for name, r in rows.items()}
         options = {c["name"]: c["options"] for c in space["candidates"]}
+        pickable = pickable_candidates(space, model)
         best = max((name for name in scores if name in pickable), key=scores.get, default="default")
         plain = next((r["valid"]["full"]["ndcg@10"] for r in main if r["model"] == model), None)
         complete = pickable <= set(rows)
@@ -184,12 +185,17 @@ def pick(dataset: str, space: dict) -> dict:
     return picks
 
 
-def pickable_candidates(space: dict) -> set[str]:
+def applies(candidate: dict, model: str, space: dict) -> bool:
+    """Whether ``candidate`` is searched for ``model`` (a candidate may name its backbones in ``models``)."""
+    return model in candidate.get("models", space["models"])
+
+
+def pickable_candidates(space: dict, model: str | None = None) -> set[str]:
     """The candidates that can become a backbone's default: those that change attach() options. A candidate that
     changes the modalities (``"modalities"`` in space.json) measures a modality's contribution; it is reported,
     never picked: attach() uses the feature tables the user gives it, and one dataset's validation split is no
     ground for a library default that drops a user's text or images (space.json's second amendment)."""
-    return {c["name"] for c in space["candidates"] if "modalities" not in c}
+    return {c["name"] for c in space["candidates"] if "modalities" not in c and (model is None or applies(c, model, space))}
 
 
 def confirmation(dataset: str, model: str, space: dict, best: str, rows: dict) -> dict | None:
@@ -219,7 +225,8 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
     main = {r["model"]: r for r in compat.read_results(compat.RESULTS / f"compat-{dataset}.jsonl")
             if r["variant"] == "plain" and int(r["seed"]) == space["seed"] and not r.get("quick")}
     lines = [f"# +fusion recipe search on {dataset} (seed {space['seed']}, validation only)", "",
-             "Written by `python -m benchmarks.tune --pick` from the runs beside it; the space is `space.json` "
+             "Written by `python -m benchmarks.tune --pick` from the runs beside it; the space is "
+             f"`{space_path(dataset).name}` "
              "(declared before its runs" + ("; its `amended` field says what was added after some had run" if space.get("amended") else "")
              + "). Test metrics are recorded in the .jsonl files but choose nothing.", ""]
     runs = [r for model in picks for path in (results_path(dataset, model), confirm_path(dataset, model))
@@ -231,7 +238,7 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
         rows = {r["candidate"]: r for r in compat.read_results(results_path(dataset, model))}
         default, plain = p["valid_ndcg@10"].get("default"), p["plain_valid_ndcg@10"]
         lines += [f"## {model}: pick `{p['pick']}`" + ("" if p["complete"] else " (search not complete)"), ""]
-        missing = [c["name"] for c in space["candidates"] if c["name"] not in rows]
+        missing = [c["name"] for c in space["candidates"] if c["name"] not in rows and applies(c, model, space)]
         if missing:
             lines += [f"Not yet run: {', '.join(f'`{m}`' for m in missing)}.", ""]
         check = p.get("confirmation")
