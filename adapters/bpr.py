@@ -81,7 +81,7 @@ class BPRAdapter(FusionAdapter):
         if role is None:
             warnings.warn(
                 "cannot tell whether this dataset holds only training interactions (it was not built by RecBole's "
-                "Dataset.build after fusionlayer.patch_recbole()); make sure it is train_data.dataset, or the "
+                "Dataset.build after import fusionlayer); make sure it is train_data.dataset, or the "
                 "evaluation items leak into the fused histories", UserWarning, stacklevel=4)
         if dataset.user_num != model.n_users or dataset.item_num != model.n_items:
             raise ValueError(
