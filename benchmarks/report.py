@@ -124,16 +124,20 @@ def paired_users(groups, model: str) -> tuple[list[int], dict, dict] | None:
     return seeds, per_user([plain[s] for s in seeds]), per_user([fusion[s] for s in seeds])
 
 
+def paired_backbones(groups):
+    """``(backbone, seeds, plain per user, fusion per user)`` for each backbone with a seed that has both variants."""
+    for model in BACKBONES:
+        paired = paired_users(groups, model)
+        if paired is not None:
+            yield (model, *paired)
+
+
 def paired_tests(groups) -> dict[str, dict]:
     """backbone -> {seeds, users, plain, fusion, p}: one-sided Wilcoxon signed-rank, H1 fusion > plain."""
     from scipy.stats import wilcoxon
 
     tests = {}
-    for model in BACKBONES:
-        paired = paired_users(groups, model)
-        if paired is None:
-            continue
-        seeds, a, b = paired
+    for model, seeds, a, b in paired_backbones(groups):
         users = sorted(set(a) & set(b))
         x, y = np.array([a[u][0] for u in users]), np.array([b[u][0] for u in users])
         p = float(wilcoxon(y, x, alternative="greater", zero_method="wilcox").pvalue) if np.any(x != y) else 1.0
@@ -357,11 +361,7 @@ def tail_gains(groups) -> dict[str, tuple[float, float, int, int]]:
     """backbone -> (plain, fusion, users, largest target popularity among them): mean test NDCG@10 over the users whose
     target is among the least popular 20 % of the backbone's test targets (over the seeds both variants have)."""
     out = {}
-    for model in BACKBONES:
-        paired = paired_users(groups, model)
-        if paired is None:
-            continue
-        _, a, b = paired
+    for model, _, a, b in paired_backbones(groups):
         users = tail_users({u: a[u] for u in set(a) & set(b)})
         if users:
             out[model] = (statistics.fmean(a[u][0] for u in users), statistics.fmean(b[u][0] for u in users), len(users),
@@ -457,8 +457,6 @@ def anchors_table(groups, dataset: str) -> list[str]:
 def recipe_runs(dataset: str) -> list[str]:
     """The +fusion recipe search's recorded runs on ``dataset`` (``results/tuning/<dataset>-<model>.jsonl``, seed 0's
     candidates and confirmations), beside the plain baseline's validation score: what was tried, on validation."""
-    import json as _json
-
     folder, lines = HERE / "results" / "tuning", []
     plain = {(r["model"], r["seed"]): r["valid"]["full"]["ndcg@10"] for r in read_results(HERE / "results" / f"compat-{dataset}.jsonl")
              if r["variant"] == "plain" and not r.get("quick")}
@@ -473,7 +471,7 @@ def recipe_runs(dataset: str) -> list[str]:
     head = ["| backbone | candidate | seed | valid NDCG@10 | vs plain (valid) | test NDCG@10 | best epoch / run | commit |",
             "|---|---|---|---|---|---|---|---|"] if lines else []
     early = folder / f"early-curves-{dataset}.jsonl"
-    curves = [_json.loads(line) for line in early.read_text().splitlines() if line.strip()] if early.is_file() else []
+    curves = [json.loads(line) for line in early.read_text().splitlines() if line.strip()] if early.is_file() else []
     out = head + lines
     if curves:
         out += ["" if out else "No converged recipe-search run recorded yet.", "", "Early validation curves (diagnostics, not results: a few epochs each, seed 0; "

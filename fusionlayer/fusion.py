@@ -154,14 +154,10 @@ class FeatureFusionLayer(InputChecks, nn.Module):
         B, L = self._check_items(item_seq, mask, tables, projected_tables, sequences)
         buckets = _length_buckets(mask) if last_only else None
         if buckets is not None:  # short and long histories apart: each group computes only its own positions
-            parts = [self._items_last(item_seq[rows], tables, {k: v[rows] for k, v in sequences.items()},
-                                      projected_tables, mask[rows]) for rows in buckets]
+            parts = [self._items(item_seq[rows], tables, {k: v[rows] for k, v in sequences.items()},
+                                 projected_tables, mask[rows], last_only=True) for rows in buckets]
             return torch.cat(parts).index_select(0, torch.argsort(torch.cat(buckets)))
-        return self._items_last(item_seq, tables, sequences, projected_tables, mask) if last_only else \
-            self._items(item_seq, tables, sequences, projected_tables, mask, last_only=False)
-
-    def _items_last(self, item_seq, tables, sequences, projected_tables, mask) -> torch.Tensor:
-        return self._items(item_seq, tables, sequences, projected_tables, mask, last_only=True)
+        return self._items(item_seq, tables, sequences, projected_tables, mask, last_only=last_only)
 
     def _items(self, item_seq, tables, sequences, projected_tables, mask, *, last_only: bool) -> torch.Tensor:
         """:meth:`forward_items` after its checks (and, with ``last_only``, for one length bucket)."""
