@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from fusionlayer.adapters.base import FusionAdapter
+from fusionlayer.adapters.content import module_tensors
 from fusionlayer.recbole_compat import SPLIT_ATTR
 
 __all__ = ["BPRAdapter", "user_histories"]
@@ -126,7 +127,7 @@ class BPRAdapter(FusionAdapter):
         """(n_users, E): every user's fused history, for inference (RecBole's full-sort evaluation of a general model
         scores one user per call); in the inference cache, recomputed when a parameter or buffer it reads changes."""
         embedding = self.model.item_embedding
-        inputs = [*self.parameters(), *self.buffers(), getattr(embedding, "base_layer", embedding).weight]
+        inputs = [*module_tensors(self), getattr(embedding, "base_layer", embedding).weight]
 
         def compute() -> torch.Tensor:
             weight = embedding.weight

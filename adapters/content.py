@@ -23,11 +23,18 @@ they do not bump version counters), and whenever a tensor it was computed from c
 (``load_state_dict``, ``.to()``, in-place edits). Edits through ``.data`` bypass all of these: call
 ``model.fusion_adapter.clear_cache()`` after them. With autograd on nothing is kept across calls (a cached graph
 could be back-propagated twice).
+
+Checking the stamp is the only work a cache hit does, so it must cost little beside a batch-1 prediction:
+:func:`module_tensors` lists a module's parameters and buffers from a kept list of its submodules (walking the
+module tree on every call cost BPR's batch-1 prediction half its time), read afresh from each submodule's own
+dicts, so a tensor replaced by ``.to()`` or ``load_state_dict(..., assign=True)`` is seen. The list is rebuilt
+whenever any module in the process registers a submodule (torch's global registration hook).
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any, Callable, Mapping
 
 import torch
@@ -37,6 +44,26 @@ from torch import nn
 from fusionlayer.config import AdapterOptions
 from fusionlayer.fusion import FeatureFusionLayer
 from fusionlayer.reduction import normalize_rows, reduce_table, reduce_tables, row_chunks
+
+_structure = [0]  # bumped whenever any module registers a submodule: kept submodule lists are then rebuilt
+_submodules: "weakref.WeakKeyDictionary[nn.Module, tuple[int, list[nn.Module]]]" = weakref.WeakKeyDictionary()
+
+
+def _module_registered(module, name, submodule) -> None:
+    _structure[0] += 1
+
+
+nn.modules.module.register_module_module_registration_hook(_module_registered)
+
+
+def module_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Every parameter and buffer of ``module`` and its submodules, as ``[*module.parameters(), *module.buffers()]``
+    holds them (order aside), without walking the module tree on each call (the inference cache's stamp)."""
+    kept = _submodules.get(module)
+    if kept is None or kept[0] != _structure[0]:
+        kept = (_structure[0], list(module.modules()))
+        _submodules[module] = kept
+    return [t for m in kept[1] for group in (m._parameters, m._buffers) for t in group.values() if t is not None]
 
 __all__ = ["ItemContent", "prepare_tables"]
 
@@ -117,7 +144,7 @@ class ItemContent(nn.Module):
     def inputs(self) -> list[torch.Tensor]:
         """The tensors the projected tables and the content vectors are computed from (the cache's stamp)."""
         return [*self.normalized_tables().values(), self.item_present,
-                *(p for name in self.modalities for p in self.fusion.projections[name].parameters())]
+                *(p for name in self.modalities for p in module_tensors(self.fusion.projections[name]))]
 
     def caching(self) -> bool:
         """Inference (eval mode, autograd off): values may be kept across calls (the inference cache)."""

@@ -5,6 +5,20 @@ history) is projected to ``hidden_size`` and mixed by its own stack of Mixer blo
 are concatenated, projected back to ``hidden_size`` by a Linear and mixed again by the fusion
 Mixer. The token-mixing width is fixed, so time and memory are linear in the sequence length L.
 
+The per-modality stacks run together: block i of every stream is one
+:class:`~fusionlayer.layers.GroupedMixerBlock` (per-stream weights stacked on a leading axis, batched
+matmuls, one LayerNorm over the stacked streams), so a call costs the same number of operations for
+one modality as for three. Checkpoints:
+
+* State dicts keep one key per stacked parameter: ``stream_mixers.<i>.<param>`` ``(M, ...)`` and
+  ``stream_norms.weight`` / ``.bias`` ``(M, H)``, stream m being the m-th name of ``modality_dims``.
+* A state dict written before the grouping (``mixers.<modality>.<i>.<param>``,
+  ``norms.<modality>.<param>``) loads as it is: a load hook stacks its keys (tested against a
+  checkpoint written by the per-stream code, ``tests/fixtures/per_stream_v1.pt``). This covers the
+  model weights; an *optimizer* state saved mid-training by the per-stream code has one entry per
+  old parameter and does not fit the grouped parameters (torch's ``Optimizer.load_state_dict``
+  refuses it): resume such a run with the version that started it, or start the optimizer afresh.
+
 Padding: any mask layout is accepted (RecBole pads on the right). Each sequence is first re-aligned
 by a stable sort of its mask so its real items keep their order and end at position L - 1, padded
 positions come first and are zeroed after every normalisation and residual. Position-specific
@@ -23,7 +37,7 @@ from torch import nn
 
 from fusionlayer.config import FusionConfig
 from fusionlayer.inputs import InputChecks, autocast_on
-from fusionlayer.layers import MixerBlock
+from fusionlayer.layers import GroupedLayerNorm, GroupedMixerBlock, MixerBlock
 
 __all__ = ["FeatureFusionLayer"]
 
@@ -88,12 +102,17 @@ class FeatureFusionLayer(InputChecks, nn.Module):
             {name: nn.Sequential(nn.LayerNorm(dim, eps=config.layer_norm_eps), nn.Linear(dim, H))
              for name, dim in config.modality_dims.items()}
         )
-        self.mixers = nn.ModuleDict({name: _mixer_stack(config, config.num_layers) for name in config.modality_dims})
-        self.norms = nn.ModuleDict({name: nn.LayerNorm(H, eps=config.layer_norm_eps) for name in config.modality_dims})
+        # The Feature Mixer: one stack of Mixer blocks per modality, all streams run together (fusionlayer/layers.py,
+        # grouped blocks). Built per stream and stacked, so a seed initialises exactly as the per-stream layer did.
+        per_stream = [_mixer_stack(config, config.num_layers) for _ in config.modality_dims]
+        self.stream_mixers = nn.ModuleList(GroupedMixerBlock.from_blocks([stack[i] for stack in per_stream])
+                                           for i in range(config.num_layers))
+        self.stream_norms = GroupedLayerNorm(len(config.modality_dims), H, eps=config.layer_norm_eps)
         self.fuse = nn.Linear(len(config.modality_dims) * H, H)
         self.fusion_mixers = _mixer_stack(config, config.num_fusion_layers)
         self.fusion_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.drop = nn.Dropout(config.dropout)
+        self.register_load_state_dict_pre_hook(_per_stream_checkpoint)
 
     @property
     def modality_names(self) -> list[str]:
@@ -240,15 +259,14 @@ class FeatureFusionLayer(InputChecks, nn.Module):
         Padded positions hold finite values that no position reads: every Mixer block masks its
         token-mixing input, the only place where positions meet, and the output is masked at the end.
         """
-        m = aligned_mask.t().unsqueeze(-1).to(next(iter(streams.values())).dtype)  # (L, B, 1)
-        H = self.config.hidden_size
-        x = self.fuse.bias
-        for i, name in enumerate(self.config.modality_dims):  # fixed order: the fuse Linear's input layout
-            h = self.drop(streams[name])
-            for block in self.mixers[name]:
-                h = block(h, m, positions_first=True)
-            # Eq. 2, concat -> Linear back to H, as a sum of per-modality slices of the Linear (no concat)
-            x = x + F.linear(self.norms[name](h), self.fuse.weight[:, i * H:(i + 1) * H])
+        # every modality at once, (M, L, B, H), in the fixed order that is the fuse Linear's input layout
+        h = self.drop(torch.stack([streams[name] for name in self.config.modality_dims]))
+        m = aligned_mask.t().unsqueeze(-1).to(h.dtype)  # (L, B, 1)
+        for block in self.stream_mixers:
+            h = block(h, m)
+        M, L, B, H = h.shape
+        # Eq. 2: concat -> Linear back to H (the stream axis moved next to the features: one matmul over M * H)
+        x = F.linear(self.stream_norms(h).permute(1, 2, 0, 3).reshape(L, B, M * H), self.fuse.weight, self.fuse.bias)
         for i, block in enumerate(self.fusion_mixers):
             x = block(x, m, positions_first=True, last_only=last_only and i == len(self.fusion_mixers) - 1)
         if last_only:
@@ -270,6 +288,20 @@ class FeatureFusionLayer(InputChecks, nn.Module):
         inverse = torch.argsort(order, dim=1)  # (B, L): aligned position of each input position
         index = (inverse * B + torch.arange(B, device=order.device).unsqueeze(1)).reshape(-1)
         return aligned_out.reshape(L * B, H).index_select(0, index).view(B, L, H)
+
+
+def _per_stream_checkpoint(layer: "FeatureFusionLayer", state_dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: a checkpoint in the per-stream layout (before the grouped Mixer: one Mixer stack per
+    modality, ``mixers.<modality>.<i>.<param>`` and ``norms.<modality>.<param>``) is converted in place, each
+    parameter stacked over the modalities in the layer's order into ``stream_mixers.<i>.<param>`` and
+    ``stream_norms.<param>``. A parameter some modalities lack is left as it is, so ``load_state_dict`` names it."""
+    names = list(layer.config.modality_dims)
+    targets = [(f"stream_mixers.{i}.{param}", [f"mixers.{n}.{i}.{param}" for n in names])
+               for i, block in enumerate(layer.stream_mixers) for param, _ in block.named_parameters()]
+    targets += [(f"stream_norms.{param}", [f"norms.{n}.{param}" for n in names]) for param in ("weight", "bias")]
+    for new, old in targets:
+        if prefix + new not in state_dict and all(prefix + key in state_dict for key in old):
+            state_dict[prefix + new] = torch.stack([state_dict.pop(prefix + key) for key in old])
 
 
 def _take_rows(table: torch.Tensor, ids: torch.Tensor, L: int, B: int) -> torch.Tensor:

@@ -344,3 +344,30 @@ def test_checkpoint_paths_plain_to_attached_and_back(setups, tmp_path):
     assert torch.equal(scores(exported, data)[0], scores(fusionlayer.detach(model), data)[0])
     _, plain_loaded, *_ = load_data_and_model(plain_file)  # plain checkpoints load under torch >= 2.6 too
     assert torch.equal(scores(plain_loaded, data)[0], scores(plain, data)[0])
+
+
+def test_cache_stamp_sees_replaced_modules_and_tensors(setups):
+    """The inference cache's stamp lists tensors from a kept list of submodules: a replaced submodule, a tensor
+    swapped in by ``load_state_dict(assign=True)`` and one moved by ``.double()`` are all seen (BPR's fused users)."""
+    from fusionlayer.adapters.content import module_tensors
+
+    model, _, data = fresh("BPR", setups)
+    adapter = model.fusion_adapter
+    expected = {id(t) for t in [*adapter.parameters(), *adapter.buffers()]}
+    assert {id(t) for t in module_tensors(adapter)} == expected
+    with torch.no_grad():
+        adapter.user_out.weight.normal_(0, 0.1)
+    first, _ = scores(model, data)
+    replaced = torch.nn.Linear(adapter.user_out.in_features, adapter.user_out.out_features, bias=False)
+    adapter.user_out = replaced  # a new submodule: its weight must be in the stamp
+    assert any(t is replaced.weight for t in module_tensors(adapter))
+    second, _ = scores(model, data)
+    assert not second.equal(first)
+    state = {k: torch.randn_like(v) if k.endswith("user_out.weight") else v for k, v in model.state_dict().items()}
+    model.load_state_dict(state, assign=True)
+    third, _ = scores(model, data)
+    assert not third.equal(second)
+    adapter.clear_cache()
+    assert scores(model, data)[0].equal(third)  # what the cache returned is a fresh computation
+    model.double()
+    assert scores(model, data)[0].dtype == torch.float64

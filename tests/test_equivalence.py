@@ -22,13 +22,24 @@ pytestmark = pytest.mark.needs_ml100k
 BACKBONES = ["SASRec", "GRU4Rec", "FPMC", "BPR"]
 
 
-def reference_block(block, x, m):
-    L = x.shape[1]
-    tokens, channels = block.mlp_tokens, block.mlp_channels
-    h = (block.norm1(x) * m).transpose(1, 2)
-    h = F.linear(F.gelu(F.linear(h, tokens.fc1.weight[:, -L:], tokens.fc1.bias)), tokens.fc2.weight[-L:], tokens.fc2.bias[-L:])
+def stream(module, s):
+    """Stream ``s`` of a grouped module (``fusionlayer.layers``): every parameter's s-th slice, as a per-stream module
+    would hold it (slices of the same parameters, so gradients reach the grouped weights)."""
+    return lambda name: module.get_parameter(name)[s]
+
+
+def reference_block(block, x, m, s=None):
+    """One Mixer block on ``(B, L, D)``, the straightforward way; ``s``: stream s of a grouped block."""
+    L, D = x.shape[1], x.shape[2]
+    w = stream(block, s) if s is not None else block.get_parameter
+    norm = lambda i, v: F.layer_norm(v, (D,), w(f"norm{i}.weight"), w(f"norm{i}.bias"), eps=block.norm1.eps)  # noqa: E731
+    h = (norm(1, x) * m).transpose(1, 2)
+    h = F.linear(F.gelu(F.linear(h, w("mlp_tokens.fc1.weight")[:, -L:], w("mlp_tokens.fc1.bias"))),
+                 w("mlp_tokens.fc2.weight")[-L:], w("mlp_tokens.fc2.bias")[-L:])
     x = x + h.transpose(1, 2) * m
-    return x + channels.fc2(F.gelu(channels.fc1(block.norm2(x)))) * m
+    c = F.linear(F.gelu(F.linear(norm(2, x), w("mlp_channels.fc1.weight"), w("mlp_channels.fc1.bias"))),
+                 w("mlp_channels.fc2.weight"), w("mlp_channels.fc2.bias"))
+    return x + c * m
 
 
 def reference_forward_items(layer, item_seq, tables, *, sequences=None, projected_tables=None, mask=None,
@@ -42,11 +53,12 @@ def reference_forward_items(layer, item_seq, tables, *, sequences=None, projecte
     streams.update({name: torch.take_along_dim(layer.projections[name](x), order.unsqueeze(-1), dim=1)
                     for name, x in (sequences or {}).items()})
     mixed = []
-    for name in layer.config.modality_dims:
+    for s, name in enumerate(layer.config.modality_dims):  # each stream apart, with its slice of the grouped weights
         x = layer.drop(streams[name]) * m
-        for block in layer.mixers[name]:
-            x = reference_block(block, x, m)
-        mixed.append(layer.norms[name](x) * m)
+        for block in layer.stream_mixers:
+            x = reference_block(block, x, m, s)
+        norm = stream(layer.stream_norms, s)
+        mixed.append(F.layer_norm(x, x.shape[-1:], norm("weight"), norm("bias"), eps=layer.config.layer_norm_eps) * m)
     x = layer.fuse(torch.cat(mixed, dim=-1)) * m
     for block in layer.fusion_mixers:
         x = reference_block(block, x, m)
