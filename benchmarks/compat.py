@@ -118,7 +118,7 @@ def identical_fusion_run(path: Path, model: str, seed: int, hparams: dict) -> di
         if isinstance(fusion, dict):
             recorded["fusion"] = {**{k: v for k, v in expected["fusion"].items() if k not in fusion and v == off.get(k)}, **fusion}
         if (row.get("model"), row.get("variant"), row.get("seed"), bool(row.get("quick"))) == (model, "fusion", seed, False) \
-                and sorted(row.get("modalities") or ["text", "image"]) == modalities and recorded == expected:
+                and bool(row.get("zero_content")) == bool(hparams.get("zero_content")) and sorted(row.get("modalities") or ["text", "image"]) == modalities and recorded == expected:
             return {**row, "reused_from": row.get("reused_from") or str(path.relative_to(RESULTS) if path.is_relative_to(RESULTS) else path.name)}
     return None
 
@@ -164,6 +164,8 @@ def load_tables(dataset_name: str, train_dataset, args, hparams) -> dict:
     aligned = load_features(dataset_name, train_dataset, modalities, encoders=hparams["encoders"],
                             data_root=args.data_dir, cache_dir=args.cache_dir, progress=False,
                             **(hparams.get("content") or {}))
+    if hparams.get("zero_content"):  # the no-content control: the same model, every item's content missing
+        return {name: a.features.new_zeros(a.features.shape) for name, a in aligned.items()}
     return {name: a.features for name, a in aligned.items()}
 
 
@@ -254,7 +256,8 @@ def run_one(model_name: str, variant: str, seed: int, args, hparams: dict, *, st
         fingerprint = {"dataset": args.dataset, "model": model_name, "variant": variant, "seed": seed,
                        "quick": bool(args.quick), "hparams": {**hparams["common"], **hparams["models"][model_name]},
                        "fusion": recipe, "modalities": hparams.get("modalities"), "device": args.device,
-                       **({"recbole": hparams["recbole"]} if hparams.get("recbole") else {})}
+                       **({"recbole": hparams["recbole"]} if hparams.get("recbole") else {}),
+                       **({"zero_content": True} if hparams.get("zero_content") else {})}
         trained = train_and_rank(config, model, data, args.device, seed, state_dir=state_dir, fingerprint=fingerprint)
     finally:
         shutil.rmtree(extra["checkpoint_dir"], ignore_errors=True)
@@ -265,6 +268,7 @@ def run_one(model_name: str, variant: str, seed: int, args, hparams: dict, *, st
     return {
         "dataset": args.dataset, "model": model_name, "variant": variant, "seed": seed, "quick": bool(args.quick),
         "modalities": list(hparams.get("modalities", ["text", "image"])) if needs_features(model_name, variant) else [],
+        **({"zero_content": True} if hparams.get("zero_content") and needs_features(model_name, variant) else {}),
         "test": summarise(ranks["test"]), "valid": summarise(ranks["valid"]), **trained,
         "params": int(counts["total"]), "fusion_params": int(counts["fusion"]),
         "n_users": int(dataset.user_num - 1), "n_items": int(dataset.item_num - 1), "n_inter": int(len(dataset.inter_feat)),

@@ -61,8 +61,7 @@ def main(argv=None) -> int:
     extra = {"checkpoint_dir": tempfile.mkdtemp(prefix="fusionlayer-early-"), "epochs": args.epochs,
              "stopping_step": args.epochs + 1}
     if args.zero_content:
-        load = compat.load_tables
-        compat.load_tables = lambda *a, **k: {m: t.new_zeros(t.shape) for m, t in load(*a, **k).items()}
+        hparams["zero_content"] = True  # compat.load_tables gives zero tables
     config, _, (train, valid, _), model = compat.build_run(args.model, variant, args.seed, run_args, hparams, extra=extra)
     trainer = ResumableTrainer(config, model, tempfile.mkdtemp(prefix="fusionlayer-early-"), {"early": True})
     start = time.perf_counter()

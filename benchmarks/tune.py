@@ -75,6 +75,8 @@ def _recipe(hparams: dict, candidate: dict) -> dict:
     recipe = {**hparams, "fusion": {**hparams["fusion"], **candidate["options"]}}
     if "modalities" in candidate:
         recipe["modalities"] = candidate["modalities"]
+    if candidate.get("zero_content"):
+        recipe["zero_content"] = True
     return recipe
 
 
@@ -194,8 +196,12 @@ def pickable_candidates(space: dict, model: str | None = None) -> set[str]:
     """The candidates that can become a backbone's default: those that change attach() options. A candidate that
     changes the modalities (``"modalities"`` in space.json) measures a modality's contribution; it is reported,
     never picked: attach() uses the feature tables the user gives it, and one dataset's validation split is no
-    ground for a library default that drops a user's text or images (space.json's second amendment)."""
-    return {c["name"] for c in space["candidates"] if "modalities" not in c and (model is None or applies(c, model, space))}
+    ground for a library default that drops a user's text or images (space.json's second amendment). A candidate
+    with ``"zero_content": true`` is the no-content control of its options (every item's features zero, so nothing
+    of the text or images reaches the model): it tells a gain from the content apart from one of the changed
+    objective or the added parameters, and is reported, never picked."""
+    return {c["name"] for c in space["candidates"] if "modalities" not in c and not c.get("zero_content")
+            and (model is None or applies(c, model, space))}
 
 
 def confirmation(dataset: str, model: str, space: dict, best: str, rows: dict) -> dict | None:

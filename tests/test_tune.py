@@ -276,3 +276,44 @@ def test_a_space_with_bad_confirm_seeds_is_refused(tmp_path):
                                "candidates": [{"name": "default", "options": {}}]}))
     with pytest.raises(ValueError, match="confirm_seeds"):
         tune.load_space(bad)
+
+
+def test_a_no_content_control_is_reported_never_picked_and_never_reuses_a_content_run(tmp_path, monkeypatch):
+    """A candidate with ``zero_content`` trains its options on zero feature tables: the control that tells a gain
+    of the content from one of the objective. It scores best here, yet the pick is the best content candidate;
+    the grid's identical run *with* content is not reused for it, and its recipe asks compat for zero tables."""
+    monkeypatch.setattr(tune, "TUNING", tmp_path)
+    monkeypatch.setattr(compat, "RESULTS", tmp_path)
+    control = {"name": "softmax_loss=1.0, no content", "options": {"softmax_loss": 1.0}, "zero_content": True}
+    space = {"seed": 0, "models": ["FPMC"], "candidates": [
+        {"name": "default", "options": {}}, {"name": "softmax_loss=1.0", "options": {"softmax_loss": 1.0}}, control]}
+    rows = [_run("FPMC", "default", 0.042, 0.03), _run("FPMC", "softmax_loss=1.0", 0.057, 0.04),
+            {**_run("FPMC", control["name"], 0.058, 0.04), "zero_content": True}]
+    (tmp_path / "ml-100k-FPMC.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    picks = tune.pick("ml-100k", space)["FPMC"]
+    assert picks["pick"] == "softmax_loss=1.0" and picks["complete"]
+    assert picks["valid_ndcg@10"][control["name"]] == 0.058
+    hparams = compat.load_hparams()
+    recipe = tune._recipe(hparams, control)
+    assert recipe["zero_content"] is True and "zero_content" not in tune._recipe(hparams, space["candidates"][1])
+    with_content = {**_run("FPMC", None, 0.06, 0.05), "hparams": {**hparams["common"], **hparams["models"]["FPMC"],
+                                                                   "fusion": compat.resolved_recipe("FPMC", recipe["fusion"])}}
+    (tmp_path / "grid.jsonl").write_text(json.dumps(with_content) + "\n")
+    assert compat.identical_fusion_run(tmp_path / "grid.jsonl", "FPMC", 0, {**recipe, "zero_content": False}) is not None
+    assert compat.identical_fusion_run(tmp_path / "grid.jsonl", "FPMC", 0, recipe) is None
+
+
+def test_zero_content_tables_keep_their_shapes(monkeypatch):
+    import torch
+
+    from fusionlayer import encoders
+
+    class Aligned:
+        features = torch.ones(5, 3)
+
+    monkeypatch.setattr(encoders, "load_features", lambda *a, **k: {"text": Aligned()})
+    args = type("Args", (), {"data_dir": None, "cache_dir": None})()
+    hparams = {"modalities": ["text"], "encoders": {"text": "minilm"}, "content": None}
+    assert compat.load_tables("x", None, args, hparams)["text"].sum() == 15
+    zero = compat.load_tables("x", None, args, {**hparams, "zero_content": True})["text"]
+    assert zero.shape == (5, 3) and not zero.any()
