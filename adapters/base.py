@@ -164,6 +164,25 @@ class FusionAdapter(nn.Module):
             raise ValueError(f"max_seq_length={options.max_seq_length} is shorter than the model's histories "
                              f"({type(model).__name__}.max_seq_length={model_length}); leave it out to use the model's")
 
+    def init_from_content(self, model: nn.Module) -> None:
+        """``content_init``: each item table's rows of items with content start from the content's leading principal
+        components (:func:`~fusionlayer.reduction.content_components`), at the spread of the table's own initial
+        rows; the padding row, items without content and any columns beyond the components keep their start."""
+        from fusionlayer.reduction import content_components
+
+        present = self.item_present.view(-1).clone()
+        present[0] = False  # RecBole's padding id
+        names = self.item_tables or self.candidate_embeddings
+        width = max(getattr(model, name).embedding_dim for name in names)
+        components = content_components(self.normalized_tables(), present.cpu(), width, self.options.layer_norm_eps)
+        with torch.no_grad():
+            for name in names:
+                weight = getattr(model, name).weight
+                k = min(components.shape[1], weight.shape[1])
+                spread = weight[1:].std()
+                rows = present.to(weight.device)
+                weight[rows, :k] = (components[:, :k].to(weight.device, weight.dtype) * spread)[rows]
+
     # ---------------------------------------------------------------- the history side
     def fuse_history(self, item_seq: torch.Tensor, *, id_table: torch.Tensor | None = None,
                      id_sequence: torch.Tensor | None = None) -> torch.Tensor:

@@ -150,6 +150,8 @@ def _unbound(model: nn.Module, name: str):
 def install_adapter(adapter: "FusionAdapter", model: nn.Module) -> None:
     """Install ``adapter`` on ``model``, in place (see the module docstring)."""
     adapter._model_ref.append(model)
+    if adapter.options.content_init:
+        adapter.init_from_content(model)
     model.add_module("fusion_adapter", adapter)
     for name in adapter.wrapped:
         setattr(model, name, ContentEmbedding(getattr(model, name), adapter, name))

@@ -123,6 +123,11 @@ class AdapterOptions:
     # the model's fused full-catalogue scores (its full_sort_predict) at the positive item. One uniform negative per
     # positive teaches the content coarse distinctions (any related item beats a random one); the softmax over every
     # item teaches it to rank among related items. Backbones trained with cross-entropy already rank every item.
+    content_init: bool = False  # at attach time: every item table of the backbone (SASRec/GRU4Rec/BPR item_embedding,
+    # FPMC IU/IL/LI) gets, in the rows of items with content, the content's leading principal components (centred,
+    # scaled to the table's own initial spread) in place of its random start: items that training sees rarely start
+    # near the items their content resembles (a content prior for ID embeddings). The rest trains as before; nothing
+    # is added to checkpoints. Breaks "freshly attached == backbone" on purpose.
     reduce_features: int | None = None  # large catalogues: each table -> its top-r principal directions, once at
     # attach time, read in row chunks (fusionlayer/reduction.py); None keeps the tables exact
 
@@ -136,9 +141,10 @@ class AdapterOptions:
                                                  or isinstance(self.reduce_features, bool) or self.reduce_features < 1):
             raise ValueError(f"reduce_features must be a positive int (columns kept per table) or None, "
                              f"got {self.reduce_features!r}")
-        if not isinstance(self.hold_out_target, bool):
-            raise TypeError(f"hold_out_target must be True or False, got {type(self.hold_out_target).__name__} "
-                            f"{self.hold_out_target!r}")
+        for name in ("hold_out_target", "content_init"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
         if self.side not in SIDES:
             raise ValueError(f"side must be one of {list(SIDES)}, got {self.side!r}")
         self.fusion_config({"id": 1}, 1)  # the FusionConfig checks, now rather than at install time
@@ -154,7 +160,7 @@ class AdapterOptions:
 
     def fusion_config(self, modality_dims: Mapping[str, int], default_max_seq_length: int) -> FusionConfig:
         adapter_only = {"output_dropout", "output_scale", "side", "max_seq_length", "cold_dropout", "reduce_features",
-                        "hold_out_target", "backbone_loss", "softmax_loss"}
+                        "hold_out_target", "backbone_loss", "softmax_loss", "content_init"}
         values = {k: v for k, v in asdict(self).items() if k not in adapter_only}
         return FusionConfig(modality_dims=dict(modality_dims), max_seq_length=self.max_seq_length or default_max_seq_length,
                             **values)

@@ -20,7 +20,7 @@ from typing import Iterator, Mapping
 import torch
 import torch.nn.functional as F
 
-__all__ = ["normalize_rows", "principal_basis", "reduce_table", "reduce_tables", "row_chunks"]
+__all__ = ["content_components", "normalize_rows", "principal_basis", "reduce_table", "reduce_tables", "row_chunks"]
 
 CHUNK_ELEMENTS = 1 << 24  # about 64 MB of float32 per chunk
 SAMPLE_ROWS = 65536  # rows the principal directions are estimated from
@@ -152,3 +152,21 @@ def reduce_tables(tables: Mapping[str, torch.Tensor], r: int, eps: float) -> tup
         bases[name] = principal_basis(table, r, eps)
         reduced[name] = reduce_table(table, bases[name], eps)
     return reduced, bases
+
+
+def content_components(tables: Mapping[str, torch.Tensor], present: torch.Tensor, width: int,
+                       eps: float) -> torch.Tensor:
+    """``(N, k)`` float32, ``k <= width``: the tables' leading principal components, the columns split evenly over
+    the modalities (each table reduced on its own, :func:`principal_basis`, so no wide concatenation is built), then
+    centred and scaled to unit variance over the items with content (``present``, ``(N,)`` bool). The rows of
+    items without content are zero. ``attach(..., content_init=True)`` starts ID embeddings from them."""
+    names = list(tables)
+    shares = [width // len(names) + (1 if i < width % len(names) else 0) for i in range(len(names))]
+    parts = [reduce_table(tables[name], principal_basis(tables[name], min(k, tables[name].shape[1]), eps), eps)
+             for name, k in zip(names, shares) if k > 0]
+    components = torch.cat(parts, dim=1).to(present.device)
+    rows = components[present]
+    if rows.shape[0] < 2:
+        raise ValueError(f"content_init needs at least two items with content, got {rows.shape[0]}")
+    components = (components - rows.mean(0)) / rows.std(0).clamp_min(1e-12)
+    return components.masked_fill(~present.unsqueeze(1), 0.0)
