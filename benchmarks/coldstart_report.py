@@ -96,8 +96,10 @@ def _on(rows: list[dict]) -> str:
     return "" if len(seeds) >= 3 else f" (seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))} only: provisional)"
 
 
-def verdicts(groups) -> list[str]:
+def verdicts(groups, dataset: str = "ml-100k") -> list[str]:
     from scipy.stats import wilcoxon
+
+    where = "" if dataset == "ml-100k" else f" --dataset {dataset}"
 
     knn, lines = groups.get(("ContentKNN", "standalone"), []), []
     for model in ("SASRec", "GRU4Rec", "BPR", "FPMC"):
@@ -105,7 +107,7 @@ def verdicts(groups) -> list[str]:
         if not cold:
             if model in REQUIRED:
                 lines.append(f"- **{model}**: no fusion+cold run recorded: **not measured** (the 3-seed benchmark "
-                             f"needs {', '.join(REQUIRED)}; `python -m benchmarks.coldstart --models {model} --seeds 0,1,2`).")
+                             f"needs {', '.join(REQUIRED)}; `python -m benchmarks.coldstart{where} --models {model} --seeds 0,1,2`).")
             continue
         parts = []
         if knn:
@@ -227,7 +229,7 @@ def report(results: Path, quick: bool = False, dataset: str = "ml-100k") -> tupl
     rel = os.path.relpath(results, HERE.parent)
     body = [provenance_line(rows), "",
             "Test metrics, full ranking over all items, split by whether the test target is a cold item "
-            "(mean ± std over seeds):", "", *table(groups), "", "Targets:", "", *verdicts(groups)]
+            "(mean ± std over seeds):", "", *table(groups), "", "Targets:", "", *verdicts(groups, dataset)]
     full = "\n".join([f"# Cold-start benchmark: {dataset}" + (" (--quick wiring check; not a result)" if quick else ""), "",
                       *body, ""])
     atomic_write_bytes(results.with_suffix(".md"), full.encode())
