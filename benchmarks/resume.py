@@ -95,8 +95,14 @@ class ResumableTrainer(Trainer):
             logger.warning("%s belongs to another configuration (%s); starting the run over", path,
                            state.get("fingerprint"))
             return
+        try:  # first, before the model is touched: a snapshot of the same configuration written by code whose
+            # parameters were laid out differently (the per-stream Mixer before the grouped one) has an optimizer
+            # state that does not fit (torch refuses it unchanged); its run starts over
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:
+            logger.warning("%s was written for other parameters (%s); starting the run over", path, exc)
+            return
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch, self.cur_step = state["start_epoch"], state["cur_step"]
         self.best_valid_score, self.best_valid_result = state["best_valid_score"], state["best_valid_result"]
         self.train_loss_dict = dict(state["train_loss_dict"])

@@ -409,3 +409,26 @@ def test_a_snapshot_of_another_configuration_is_not_resumed(tmp_path, monkeypatc
     assert "another configuration" in caplog.text
     (row,) = compat.read_results(out)
     assert row["epochs_run"] == 3 and "resumed_at" not in row
+
+
+@pytest.mark.needs_ml100k
+def test_a_snapshot_whose_optimizer_does_not_fit_starts_over_untouched(setups, tmp_path, caplog):
+    """A snapshot of the same configuration from code with other parameters (the per-stream Mixer's, before the
+    grouped one) is not resumed: the optimizer's refusal comes before the model is touched, and the run starts over."""
+    from benchmarks.resume import STATE, ResumableTrainer
+    from conftest import fresh
+
+    model, _, (config, train, _, _, _) = fresh("SASRec", setups)
+    trainer = ResumableTrainer(config, model, tmp_path / "run", {"same": 1})
+    trainer._snapshot(2, train)
+    state = torch.load(tmp_path / "run" / STATE, weights_only=False)
+    group = state["optimizer"]["param_groups"][0]
+    group["params"] = group["params"][:-2]  # two parameters fewer, as a differently laid-out model would have
+    state["model"] = {k: v + 1 for k, v in state["model"].items()}
+    torch.save(state, tmp_path / "run" / STATE)
+    other, _, _ = fresh("SASRec", setups)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with caplog.at_level("WARNING", logger="fusionlayer.bench.resume"):
+        resumed = ResumableTrainer(config, other, tmp_path / "run", {"same": 1})
+    assert "written for other parameters" in caplog.text and resumed.start_epoch == 0
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
