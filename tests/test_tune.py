@@ -284,7 +284,7 @@ def test_a_no_content_control_is_reported_never_picked_and_never_reuses_a_conten
     the grid's identical run *with* content is not reused for it, and its recipe asks compat for zero tables."""
     monkeypatch.setattr(tune, "TUNING", tmp_path)
     monkeypatch.setattr(compat, "RESULTS", tmp_path)
-    control = {"name": "softmax_loss=1.0, no content", "options": {"softmax_loss": 1.0}, "zero_content": True}
+    control = {"name": "softmax_loss=1.0+no_content", "options": {"softmax_loss": 1.0}, "zero_content": True}
     space = {"seed": 0, "models": ["FPMC"], "candidates": [
         {"name": "default", "options": {}}, {"name": "softmax_loss=1.0", "options": {"softmax_loss": 1.0}}, control]}
     rows = [_run("FPMC", "default", 0.042, 0.03), _run("FPMC", "softmax_loss=1.0", 0.057, 0.04),
