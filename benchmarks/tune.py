@@ -58,6 +58,9 @@ def load_space(path: Path = TUNING / "space.json") -> dict:
     names = [c["name"] for c in space["candidates"]]
     if len(set(names)) != len(names) or "default" not in names:
         raise ValueError(f"{path}: candidate names must be unique and include 'default', got {names}")
+    if any("," in name for name in names):
+        raise ValueError(f"{path}: candidate names cannot contain ',' (--candidates is a comma-separated list), got "
+                         f"{[name for name in names if ',' in name]}")
     for candidate in space["candidates"]:
         compat.parse_fusion_options([f"{k}={json.dumps(v)}" for k, v in candidate["options"].items()])
     confirm_seeds = space.get("confirm_seeds", [])

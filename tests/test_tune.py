@@ -69,11 +69,16 @@ def test_a_space_without_default_or_with_a_bad_option_is_refused(tmp_path):
         {"name": "default", "options": {}}, {"name": "y", "options": {"output_scale": -1}}]}))
     with pytest.raises((ValueError, SystemExit)):
         tune.load_space(bad)
+    bad.write_text(json.dumps({"seed": 0, "models": ["BPR"], "candidates": [
+        {"name": "default", "options": {}}, {"name": "a, b", "options": {}}]}))
+    with pytest.raises(ValueError, match="cannot contain ','"):
+        tune.load_space(bad)
 
 
-def test_the_committed_space_loads():
-    space = tune.load_space()
-    assert space["candidates"][0]["name"] == "default" and space["metric"].startswith("valid.")
+def test_the_committed_spaces_load():
+    for dataset in compat.DATASETS:
+        space = tune.load_space(tune.space_path(dataset))
+        assert space["candidates"][0]["name"] == "default" and space["metric"].startswith("valid."), dataset
 
 
 def test_the_default_candidate_reuses_the_grids_identical_run_and_nothing_else(tmp_path, monkeypatch):
