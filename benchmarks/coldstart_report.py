@@ -234,8 +234,10 @@ def report(results: Path, quick: bool = False, dataset: str = "ml-100k") -> tupl
                       *body, ""])
     atomic_write_bytes(results.with_suffix(".md"), full.encode())
     chart(groups, results.with_suffix(".png"))
-    section = "\n".join([f"Produced by `python -m benchmarks.coldstart` then `python -m benchmarks.coldstart_report "
-                         f"--readme docs/coldstart.md`; raw lines `{rel}`, chart `{rel[:-len('.jsonl')]}.png`.", "", *body])
+    flag = "" if dataset == "ml-100k" else f" --dataset {dataset}"
+    section = "\n".join([f"Produced by `python -m benchmarks.coldstart{flag}` then `python -m benchmarks.coldstart_report"
+                         f"{flag} --readme docs/coldstart.md`; raw lines `{rel}`, chart `{rel[:-len('.jsonl')]}.png`.", "",
+                         *body])
     return full, section
 
 
@@ -262,7 +264,7 @@ def main(argv=None) -> int:
         parser.error(f"{args.results} does not exist; run python -m benchmarks.coldstart --dataset {args.dataset} first")
     full, section = report(args.results, args.quick, args.dataset)
     if args.readme:
-        update_readme(args.readme, section, block="coldstart")
+        update_readme(args.readme, section, block="coldstart" if args.dataset == "ml-100k" else f"coldstart-{args.dataset}")
     print(full)
     return 0
 
