@@ -8,7 +8,10 @@ Mixer. The token-mixing width is fixed, so time and memory are linear in the seq
 The per-modality stacks run together: block i of every stream is one
 :class:`~fusionlayer.layers.GroupedMixerBlock` (per-stream weights stacked on a leading axis, batched
 matmuls, one LayerNorm over the stacked streams), so a call costs the same number of operations for
-one modality as for three. Checkpoints:
+one modality as for three. That path serves inference and every GPU call. A training step on the CPU runs the
+streams one by one with each stream's weight slices instead: measured on ML-100K batches
+(``python -m benchmarks.step_cost``), stacking made FPMC's step 20 % slower there (the stack's copies and the
+batched matmuls' backward cost more memory traffic than the launches saved). Checkpoints:
 
 * State dicts keep one key per stacked parameter: ``stream_mixers.<i>.<param>`` ``(M, ...)`` and
   ``stream_norms.weight`` / ``.bias`` ``(M, H)``, stream m being the m-th name of ``modality_dims``.
@@ -259,14 +262,28 @@ class FeatureFusionLayer(InputChecks, nn.Module):
         Padded positions hold finite values that no position reads: every Mixer block masks its
         token-mixing input, the only place where positions meet, and the output is masked at the end.
         """
-        # every modality at once, (M, L, B, H), in the fixed order that is the fuse Linear's input layout
-        h = self.drop(torch.stack([streams[name] for name in self.config.modality_dims]))
-        m = aligned_mask.t().unsqueeze(-1).to(h.dtype)  # (L, B, 1)
-        for block in self.stream_mixers:
-            h = block(h, m)
-        M, L, B, H = h.shape
-        # Eq. 2: concat -> Linear back to H (the stream axis moved next to the features: one matmul over M * H)
-        x = F.linear(self.stream_norms(h).permute(1, 2, 0, 3).reshape(L, B, M * H), self.fuse.weight, self.fuse.bias)
+        names = list(self.config.modality_dims)  # fixed order: the fuse Linear's input layout
+        first = streams[names[0]]
+        m = aligned_mask.t().unsqueeze(-1).to(first.dtype)  # (L, B, 1)
+        if first.device.type == "cpu" and torch.is_grad_enabled():
+            # CPU training: stream by stream with each stream's weight slices (the stack's copies and the batched
+            # matmuls' backward cost more than the launches saved when B x L is large), Eq. 2's concat -> Linear as a
+            # sum of per-modality slices of the Linear
+            H, norms = self.config.hidden_size, self.stream_norms
+            x = self.fuse.bias
+            for s, name in enumerate(names):
+                h = self.drop(streams[name])
+                for block in self.stream_mixers:
+                    h = block.stream_forward(h, m, s)
+                h = F.layer_norm(h, (H,), norms.weight[s], norms.bias[s], norms.eps)
+                x = x + F.linear(h, self.fuse.weight[:, s * H:(s + 1) * H])
+        else:  # inference, and every GPU call: every modality at once, (M, L, B, H), a third of the operations
+            h = self.drop(torch.stack([streams[name] for name in names]))
+            for block in self.stream_mixers:
+                h = block(h, m)
+            M, L, B, H = h.shape
+            # Eq. 2: concat -> Linear back to H (the stream axis next to the features: one matmul over M * H)
+            x = F.linear(self.stream_norms(h).permute(1, 2, 0, 3).reshape(L, B, M * H), self.fuse.weight, self.fuse.bias)
         for i, block in enumerate(self.fusion_mixers):
             x = block(x, m, positions_first=True, last_only=last_only and i == len(self.fusion_mixers) - 1)
         if last_only:
