@@ -277,7 +277,7 @@ class FeatureFusionLayer(InputChecks, nn.Module):
                     h = block.stream_forward(h, m, s)
                 h = F.layer_norm(h, (H,), norms.weight[s], norms.bias[s], norms.eps)
                 x = x + F.linear(h, self.fuse.weight[:, s * H:(s + 1) * H])
-        else:  # inference, and every GPU call: every modality at once, (M, L, B, H), a third of the operations
+        else:  # inference, and every GPU call: every modality at once, (M, L, B, H), 1/M of the Mixer operations
             h = self.drop(torch.stack([streams[name] for name in names]))
             for block in self.stream_mixers:
                 h = block(h, m)

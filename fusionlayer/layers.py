@@ -120,7 +120,8 @@ class MixerBlock(nn.Module):
 # block is ~11 small operations per stream (thin matmuls, LayerNorm, GELU over (L, B, H) activations); on the
 # sizes attach() uses, launch overhead dominates. The grouped modules below hold the M streams' weights stacked on
 # a leading axis and run every stream at once: batched matmuls (torch.baddbmm) with per-stream weights, one
-# LayerNorm over the stacked tensor. Same function, M times fewer operations.
+# LayerNorm over the stacked tensor. Same function, M times fewer operations; FeatureFusionLayer uses them for
+# inference and GPU calls, and runs CPU training stream by stream on their slices (GroupedMixerBlock.stream_forward).
 
 
 class GroupedLinear(nn.Module):
