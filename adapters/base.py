@@ -32,7 +32,7 @@ from torch import nn
 from fusionlayer.adapters.catalogue import grow_item_embeddings
 from fusionlayer.adapters.cold import _ColdMaskedLoss  # noqa: F401  (re-exported: benchmarks and tests import it here)
 from fusionlayer.adapters.cold import ColdItems, training_items
-from fusionlayer.adapters.content import ItemContent, prepare_tables
+from fusionlayer.adapters.content import ItemContent, module_tensors, prepare_tables
 from fusionlayer.adapters.install import ContentEmbedding, install_adapter, uninstall_adapter
 from fusionlayer.config import AdapterOptions
 from fusionlayer.fusion import FeatureFusionLayer
@@ -124,6 +124,13 @@ class FusionAdapter(nn.Module):
         for linear in [self.user_out, *self.item_out.values()]:
             if linear is not None:
                 nn.init.zeros_(linear.weight)  # freshly attached == base model
+        # cold_regression: cold items' candidate rows, regressed from the normalised feature tables (empty without it)
+        width = sum(int(t.shape[1]) for t in normed.values())
+        self.cold_out = nn.ModuleDict({name: nn.Linear(width, getattr(model, name).embedding_dim)
+                                       for name in (self.wrapped if options.cold_regression > 0 else ())})
+        for linear in self.cold_out.values():
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
         self.item_tokens = list(dataset.field2id_token[dataset.iid_field]) if hasattr(dataset, "field2id_token") else None
         self._model_ref: list[nn.Module] = []  # the host model, kept out of the module tree
 
@@ -213,14 +220,50 @@ class FusionAdapter(nn.Module):
 
     def extra_losses(self, interaction: Any) -> torch.Tensor | float:
         """What a training step adds to the host's loss, in the step's scope: with ``softmax_loss``, the cross-entropy
-        of the fused full-catalogue scores at the positive item (for pairwise hosts; 0 otherwise)."""
+        of the fused full-catalogue scores at the positive item (for pairwise hosts); with ``cold_regression``, its
+        weight times :meth:`regression_loss`; 0 without either."""
+        total: torch.Tensor | float = 0.0
         weight = self.options.softmax_loss
-        if weight <= 0 or not self.pairwise:
+        if weight > 0 and self.pairwise:
+            model = self.model
+            target = interaction[model.ITEM_ID]
+            scores = model.full_sort_predict(interaction).view(target.shape[0], -1)
+            total = weight * F.cross_entropy(scores, target.long())
+        if self.options.cold_regression > 0 and len(self.cold_out):
+            total = total + self.options.cold_regression * self.regression_loss()
+        return total
+
+    # ---------------------------------------------------------------- cold_regression
+    regression_rows: int = 4096  # warm items a training step regresses onto (all of them when fewer)
+
+    def cold_features(self, ids: torch.Tensor) -> torch.Tensor:
+        """(len(ids), D): the items' normalised feature tables side by side, ``cold_out``'s input."""
+        return torch.cat([table.index_select(0, ids) for table in self.normalized_tables().values()], dim=1)
+
+    def regressed_rows(self, name: str, ids: torch.Tensor) -> torch.Tensor:
+        """(len(ids), E): the candidate rows ``cold_out[name]`` regresses for the items ``ids`` from their content."""
+        return self.cold_out[name](self.cold_features(ids))
+
+    def regression_loss(self) -> torch.Tensor | float:
+        """The regression's relative squared error, ``sum |cold_out(x_i) - e_i|^2 / sum |e_i|^2`` averaged over the
+        candidate embeddings, on up to ``regression_rows`` warm items drawn at random (with content, not cold,
+        not padding), ``e_i`` being their fused candidate rows with the gradient stopped: only ``cold_out`` learns."""
+        warm = self.item_present.view(-1) & ~self.cold_items.view(-1)
+        ids = torch.nonzero(warm).flatten()
+        ids = ids[ids != 0]
+        if not ids.numel():
             return 0.0
-        model = self.model
-        target = interaction[model.ITEM_ID]
-        scores = model.full_sort_predict(interaction).view(target.shape[0], -1)
-        return weight * F.cross_entropy(scores, target.long())
+        if ids.numel() > self.regression_rows:
+            ids = ids[torch.randint(ids.numel(), (self.regression_rows,), device=ids.device)]
+        features, total = self.cold_features(ids), 0.0
+        with torch.no_grad():
+            content = self.content.content_rows(ids)
+        for name in self.cold_out:
+            with torch.no_grad():
+                target = getattr(self.model, name).base_layer.weight.index_select(0, ids) + self._delta(name, content)
+            error = (self.cold_out[name](features) - target).pow(2).sum()
+            total = total + error / target.pow(2).sum().clamp_min(1e-12)
+        return total / len(self.cold_out)
 
     @property
     def pairwise(self) -> bool:
@@ -249,13 +292,23 @@ class FusionAdapter(nn.Module):
         """``base_weight + item_delta(name)``: the weight host code reads from a wrapped embedding.
 
         With ``cold_dropout``, the ID part of cold items is zero (content alone), and in training a
-        fresh random share of items loses its ID part for the whole step (DropoutNet).
+        fresh random share of items loses its ID part for the whole step (DropoutNet). With ``cold_regression``,
+        the cold items' rows are their regressed ones (:meth:`regressed_rows`).
         """
         if self.backbone_only():
             return base_weight
-        inputs = [*self.content.inputs(), self.item_out[name].weight, base_weight, self.cold_items]
-        return self.content.memoised(f"weight:{name}", inputs,
-                                     lambda: self.cold.id_part(base_weight, self._scope) + self.item_delta(name))
+        regressed = name in self.cold_out
+        inputs = [*self.content.inputs(), self.item_out[name].weight, base_weight, self.cold_items,
+                  *(module_tensors(self.cold_out[name]) if regressed else ())]
+
+        def compute() -> torch.Tensor:
+            weight = self.cold.id_part(base_weight, self._scope) + self.item_delta(name)
+            ids = self.cold.cold_ids() if regressed else None
+            if ids is None:
+                return weight
+            ids = ids.to(weight.device)  # cold_regression: the cold items' rows are their regressed ones
+            return weight.index_copy(0, ids, self.regressed_rows(name, ids).to(weight.dtype))
+        return self.content.memoised(f"weight:{name}", inputs, compute)
 
     def fused_rows(self, name: str, base_layer: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
         """``F.embedding(ids, fused_weight(name, ...))``, computing only the rows ``ids`` uses when they are
@@ -274,7 +327,12 @@ class FusionAdapter(nn.Module):
         if hidden is not None:
             base = base.masked_fill(hidden.index_select(0, unique), 0.0)
         content = self.content.content_rows(unique)
-        return (base + self._delta(name, content)).index_select(0, inverse).view(*ids.shape, -1)
+        rows = base + self._delta(name, content)
+        if name in self.cold_out:  # cold_regression: cold items take their regressed rows
+            cold = self.cold_items.index_select(0, unique)
+            if bool(cold.any()):
+                rows = torch.where(cold, self.regressed_rows(name, unique).to(rows.dtype), rows)
+        return rows.index_select(0, inverse).view(*ids.shape, -1)
 
     # ---------------------------------------------------------------- cold items (adapters/cold.py)
     def excluded_negatives(self) -> torch.Tensor | None:
@@ -284,7 +342,7 @@ class FusionAdapter(nn.Module):
     def redraw_cold_negatives(self, interaction: Any) -> Any:
         """:meth:`ColdItems.redraw_negatives` of the model's sampled negatives; called by the training
         ``calculate_loss`` before the host reads the batch."""
-        if self.options.cold_dropout <= 0:
+        if not self.options.scores_cold_items:
             return interaction
         return self.cold.redraw_negatives(interaction, getattr(self.model, "NEG_ITEM_ID", None))
 

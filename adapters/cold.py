@@ -66,8 +66,8 @@ class ColdItems(nn.Module):
         if seen is not None:
             cold = ~seen
             cold[0] = False
-        elif options.cold_dropout > 0:
-            warnings.warn("cold_dropout is set but attach() got no dataset, so no item is known to be unseen in "
+        elif options.scores_cold_items:
+            warnings.warn("cold_dropout or cold_regression is set but attach() got no dataset, so no item is known to be unseen in "
                           "training: such items keep their ID embeddings (never trained as positives) instead of being "
                           "scored from content alone. Pass the training split, attach(..., dataset=train_data.dataset); "
                           "items added with fusionlayer.add_items are scored from content alone either way",
@@ -78,12 +78,12 @@ class ColdItems(nn.Module):
         self.register_buffer("cold_score_offset", torch.zeros(()))
 
     def hidden(self, scope: dict[str, Any] | None) -> torch.Tensor | None:
-        """(N, 1) bool: items whose ID embedding is hidden now (None without ``cold_dropout``)."""
-        rate = self.options.cold_dropout
-        if rate <= 0:
+        """(N, 1) bool: items whose ID embedding is hidden now (None without the cold-item policy): the cold ones,
+        and in a training step a fresh ``cold_dropout`` share of all items."""
+        if not self.options.scores_cold_items:
             return None
-        hidden = self.cold_items
-        if self.training and torch.is_grad_enabled():
+        rate, hidden = self.options.cold_dropout, self.cold_items
+        if rate > 0 and self.training and torch.is_grad_enabled():
             key = "cold_draw"  # one draw per entry-point call: every read of the step sees the same items hidden
             if scope is not None and key in scope:
                 draw = scope[key]
@@ -102,7 +102,7 @@ class ColdItems(nn.Module):
     def excluded(self, scope: dict[str, Any] | None) -> torch.Tensor | None:
         """(N,) bool: items a training step must not use as negatives (None when there are none, outside a
         training loss, and without ``cold_dropout``). Evaluation ranks every item."""
-        if self.options.cold_dropout <= 0 or scope is None or not scope.get("training_loss"):
+        if not self.options.scores_cold_items or scope is None or not scope.get("training_loss"):
             return None
         return self.lookup()[0]
 
@@ -110,23 +110,31 @@ class ColdItems(nn.Module):
         """(the cold mask or None when no item is cold, the ids a cold negative is redrawn from), computed
         once per state of ``cold_items`` (kept until the buffer is replaced, moved or edited in place), so
         a training step does not synchronise with the device or scan the catalogue to find them."""
+        cached = self._cached()
+        return cached[2], cached[3]
+
+    def cold_ids(self) -> torch.Tensor | None:
+        """(k,) long: the cold items' ids (None when no item is cold), cached as :meth:`lookup` is."""
+        return self._cached()[4]
+
+    def _cached(self) -> tuple:
         cold = self.cold_items  # replaced (add_items, .to()) or edited in place (its _version): recomputed
         cached = self.__dict__.get("_cold_cache")
         if cached is None or cached[0] is not cold or cached[1] != cold._version:
-            column, found = cold[:, 0], (None, None)
+            column, found = cold[:, 0], (None, None, None)
             if bool(column.any()):  # no cold item: nothing to mask, no redraw pool to build
                 allowed = torch.nonzero(~column).flatten()
                 allowed = allowed[allowed != 0]  # 0 is padding
-                found = (column, allowed if allowed.numel() else None)
+                found = (column, allowed if allowed.numel() else None, torch.nonzero(column).flatten())
             cached = (cold, cold._version, *found)
             self.__dict__["_cold_cache"] = cached
-        return cached[2], cached[3]
+        return cached
 
     def redraw_negatives(self, interaction: Any, field: str | None) -> Any:
         """``interaction`` with each sampled negative (its ``field``, RecBole's ``neg_<item_id>``) that is a cold
         item redrawn uniformly from the other items, in a copy: the caller's is untouched. Ids outside the
         catalogue pass through unchanged, for the host model to report."""
-        if self.options.cold_dropout <= 0:
+        if not self.options.scores_cold_items:
             return interaction
         cold, allowed = self.lookup()
         if cold is None or allowed is None:

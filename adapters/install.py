@@ -10,7 +10,7 @@
   ``fused_<name>``, the original kept as ``adapter.base_<name>``;
 * each entry point (``forward``, ``calculate_loss``, ``predict``, ``full_sort_predict``) runs as a
   :class:`_Scoped` call: one scope of shared values per call, and what the adapter does around the call;
-* with ``cold_dropout``, a full-softmax ``loss_fct`` is wrapped to leave cold items out of the negatives.
+* with ``cold_dropout`` or ``cold_regression``, a full-softmax ``loss_fct`` is wrapped to leave cold items out of the negatives.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def install_adapter(adapter: "FusionAdapter", model: nn.Module) -> None:
     for name in adapter.entry_points:
         if callable(getattr(model, name, None)):
             model.__dict__[name] = _Scoped(adapter, model.__dict__.get(name) or _unbound(model, name), name)
-    if adapter.options.cold_dropout > 0 and isinstance(getattr(model, "loss_fct", None), nn.CrossEntropyLoss):
+    if adapter.options.scores_cold_items and isinstance(getattr(model, "loss_fct", None), nn.CrossEntropyLoss):
         model.loss_fct = _ColdMaskedLoss(model.loss_fct, adapter.excluded_negatives)
     adapter.train(model.training)  # a model attached in eval mode stays in eval mode
 

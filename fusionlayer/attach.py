@@ -271,7 +271,7 @@ def calibrate_cold_offset(model: nn.Module, valid_data: Any, *, max_warm_loss: f
     ``full_sort_predict`` add it from then on. Calling it again re-chooses from no offset.
 
     Args:
-        model: a model attached with ``cold_dropout > 0`` (trained; the offset is chosen in eval mode).
+        model: a model attached with ``cold_dropout > 0`` or ``cold_regression > 0`` (trained; the offset is chosen in eval mode).
         valid_data: RecBole's full-sort validation dataloader (batches of ``(interaction, history_index,
             positive_u, positive_i)``), whose cases include targets that are cold items.
         max_warm_loss: the largest relative NDCG@10 loss allowed on the other cases, in [0, 1).
@@ -294,9 +294,9 @@ def calibrate_cold_offset(model: nn.Module, valid_data: Any, *, max_warm_loss: f
         raise ValueError(f"{type(model).__name__} has no fusion layer attached; attach(model, features, "
                          "cold_dropout=0.3, dataset=...) and train it first")
     adapter = model.fusion_adapter
-    if adapter.options.cold_dropout <= 0:
-        raise ValueError(f"calibrate_cold_offset needs a model attached with cold_dropout > 0, got cold_dropout="
-                         f"{adapter.options.cold_dropout}: without it, items unseen in training keep their (untrained) "
+    if not adapter.options.scores_cold_items:
+        raise ValueError(f"calibrate_cold_offset needs a model attached with cold_dropout > 0 or cold_regression > 0, "
+                         f"got cold_dropout={adapter.options.cold_dropout}: without it, items unseen in training keep their (untrained) "
                          "ID embeddings and are not scored from content alone")
     if not isinstance(max_warm_loss, (int, float)) or isinstance(max_warm_loss, bool) or not 0 <= max_warm_loss < 1:
         raise ValueError(f"max_warm_loss must be a number in [0, 1) (a relative NDCG@10 loss), got {max_warm_loss!r}")

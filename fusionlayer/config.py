@@ -111,6 +111,12 @@ class AdapterOptions:
     cold_dropout: float = 0.0  # training: hide this share of items' ID embeddings per step (DropoutNet); > 0 also
     # scores items never seen in training (and items added later) from content alone, and keeps them out of
     # training steps' negatives (cross-entropy logits, sampled negatives), which would only ever push them down
+    cold_regression: float = 0.0  # items unseen in training (and added later) are scored from their own regression
+    # of content onto the warm items' embeddings (DeepMusic / DropoutNet's regression): a Linear per candidate
+    # embedding from the normalised feature tables, trained by this weight times its relative squared error against
+    # the warm items' fused embeddings (their gradient stopped: warm items' scores and the rest of the model do not
+    # feel it). > 0 turns the cold-item policy on as cold_dropout does (which items are cold, negatives, offset),
+    # with or without cold_dropout's per-step hiding; adds cold_out.* to checkpoints.
     hold_out_target: bool = False  # training: a user's fused history leaves out the item scored as the positive.
     # For backbones whose history is the user's whole training set (BPR); without it every training positive sits in
     # its own user's history, a leak that evaluation never has. Sequential backbones' histories end before the target
@@ -133,10 +139,12 @@ class AdapterOptions:
 
     def __post_init__(self) -> None:
         _check_numbers(self, output_dropout="in [0, 1)", output_scale="> 0", cold_dropout="in [0, 1)",
-                       backbone_loss=">= 0 (0 turns it off)", softmax_loss=">= 0 (0 turns it off)")
-        if self.cold_dropout > 0 and self.side == "history":
-            raise ValueError("cold_dropout hides candidate items' ID embeddings, but side='history' leaves the candidate "
-                             "side without content; use side='both' or 'candidate'")
+                       backbone_loss=">= 0 (0 turns it off)", softmax_loss=">= 0 (0 turns it off)",
+                       cold_regression=">= 0 (0 turns it off)")
+        if self.scores_cold_items and self.side == "history":
+            which = "cold_dropout" if self.cold_dropout > 0 else "cold_regression"
+            raise ValueError(f"{which} scores items from their content on the candidate side, but side='history' leaves "
+                             "the candidate side without content; use side='both' or 'candidate'")
         if self.reduce_features is not None and (not isinstance(self.reduce_features, int)
                                                  or isinstance(self.reduce_features, bool) or self.reduce_features < 1):
             raise ValueError(f"reduce_features must be a positive int (columns kept per table) or None, "
@@ -149,6 +157,12 @@ class AdapterOptions:
             raise ValueError(f"side must be one of {list(SIDES)}, got {self.side!r}")
         self.fusion_config({"id": 1}, 1)  # the FusionConfig checks, now rather than at install time
 
+    @property
+    def scores_cold_items(self) -> bool:
+        """The cold-item policy is on (``cold_dropout > 0`` or ``cold_regression > 0``): items unseen in training
+        and items added later are scored from content alone and kept out of training steps' negatives."""
+        return self.cold_dropout > 0 or self.cold_regression > 0
+
     @classmethod
     def from_options(cls, options: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> "AdapterOptions":
         """``defaults`` (an adapter's own) then ``options`` (the user's); unknown names raise ValueError."""
@@ -160,7 +174,7 @@ class AdapterOptions:
 
     def fusion_config(self, modality_dims: Mapping[str, int], default_max_seq_length: int) -> FusionConfig:
         adapter_only = {"output_dropout", "output_scale", "side", "max_seq_length", "cold_dropout", "reduce_features",
-                        "hold_out_target", "backbone_loss", "softmax_loss", "content_init"}
+                        "hold_out_target", "backbone_loss", "softmax_loss", "content_init", "cold_regression"}
         values = {k: v for k, v in asdict(self).items() if k not in adapter_only}
         return FusionConfig(modality_dims=dict(modality_dims), max_seq_length=self.max_seq_length or default_max_seq_length,
                             **values)

@@ -278,7 +278,7 @@ def test_cold_dropout_needs_the_candidate_side(setups):
         fusionlayer.attach(model, random_features(train.dataset.item_num), cold_dropout=0.2)
     assert not model.fusion_adapter.cold_items.any()  # nothing flagged: what the warning says
     fusionlayer.detach(model)
-    with pytest.raises(ValueError, match="cold_dropout hides candidate items"):
+    with pytest.raises(ValueError, match="cold_dropout scores items from their content on the candidate side"):
         fusionlayer.attach(model, random_features(train.dataset.item_num), side="history", cold_dropout=0.2)
     fusionlayer.attach(model, random_features(train.dataset.item_num), side="history")
     n = model.n_items
