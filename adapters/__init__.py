@@ -6,7 +6,7 @@ Read this first. An adapter is split by concern, one file each, imports pointing
   methods to override and how they call :meth:`FusionAdapter.fuse_history` and :meth:`FusionAdapter.score_items`)
   and what each backbone must provide; ``registry.py`` maps model classes to them.
 * ``base.py``: :class:`FusionAdapter`, the adapter proper. It owns the weights (the fusion layer, ``user_out``,
-  ``item_out``: all a checkpoint holds, with ``cold_score_offset``) and computes both sides of the fusion: the
+  ``item_out``, with ``cold_regression`` ``cold_out``: all a checkpoint holds, with ``cold_score_offset``) and computes both sides of the fusion: the
   fused history, and the content part of the candidate embeddings. It composes two parts, its children
   ``content`` and ``cold``, and keeps their attributes readable (and, where host code writes them, writable) on
   itself: ``model.fusion_adapter.cold_items``, ``.normed_text``, ``.clear_cache()``, ...
@@ -16,7 +16,8 @@ Read this first. An adapter is split by concern, one file each, imports pointing
   (normalised, reduced, presence flags), their projection through the fusion's input projections, the call
   cache (once per call; across calls at inference) and work over blocks of items, so added items never change
   the values of the others.
-* ``cold.py``: :class:`~fusionlayer.adapters.cold.ColdItems`, the cold-item policy (``cold_dropout``): which
+* ``cold.py``: :class:`~fusionlayer.adapters.cold.ColdItems`, the cold-item policy (``cold_dropout``,
+  ``cold_regression``): which
   items are scored from content alone, which negatives a training step leaves out or redraws, the calibrated
   score offset.
 * ``catalogue.py``: growing the host model's ID tables when items are added after attach.

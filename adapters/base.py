@@ -6,7 +6,8 @@ An adapter is an ``nn.Module`` installed on a RecBole model as ``model.fusion_ad
 * ``fusion``: a :class:`~fusionlayer.FeatureFusionLayer` over the history's modality streams (the
   sequence/user side, :meth:`FusionAdapter.fuse_history`), ending in ``user_out``, a Linear initialised to zero;
 * ``item_out[name]``: one zero-initialised Linear per wrapped candidate embedding (the item side), fed by
-  the item's content vector (:meth:`FusionAdapter.fused_weight`, :meth:`FusionAdapter.fused_rows`).
+  the item's content vector (:meth:`FusionAdapter.fused_weight`, :meth:`FusionAdapter.fused_rows`);
+* ``cold_out[name]`` (``cold_regression`` only, else empty): the cold items' rows regressed from their content.
 
 Both output Linears start at zero, so a freshly attached model scores exactly like its backbone. The per-item
 state lives in two parts, children of the adapter: ``content`` (:class:`~fusionlayer.adapters.content.ItemContent`:
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusionlayer.adapters.catalogue import grow_item_embeddings
-from fusionlayer.adapters.cold import _ColdMaskedLoss  # noqa: F401  (re-exported: benchmarks and tests import it here)
+from fusionlayer.adapters.cold import _ColdMaskedLoss  # (also re-exported: benchmarks and tests import it here)
 from fusionlayer.adapters.cold import ColdItems, training_items
 from fusionlayer.adapters.content import ItemContent, module_tensors, prepare_tables
 from fusionlayer.adapters.install import ContentEmbedding, install_adapter, uninstall_adapter
@@ -228,7 +229,8 @@ class FusionAdapter(nn.Module):
             model = self.model
             target = interaction[model.ITEM_ID]
             scores = model.full_sort_predict(interaction).view(target.shape[0], -1)
-            total = weight * F.cross_entropy(scores, target.long())
+            # cold items are no negatives here either (the cold-item policy), as in the host's own loss
+            total = weight * _ColdMaskedLoss(nn.CrossEntropyLoss(), self.excluded_negatives)(scores, target.long())
         if self.options.cold_regression > 0 and len(self.cold_out):
             total = total + self.options.cold_regression * self.regression_loss()
         return total
@@ -241,17 +243,33 @@ class FusionAdapter(nn.Module):
         return torch.cat([table.index_select(0, ids) for table in self.normalized_tables().values()], dim=1)
 
     def regressed_rows(self, name: str, ids: torch.Tensor) -> torch.Tensor:
-        """(len(ids), E): the candidate rows ``cold_out[name]`` regresses for the items ``ids`` from their content."""
-        return self.cold_out[name](self.cold_features(ids))
+        """(len(ids), E): the candidate rows ``cold_out[name]`` regresses for the items ``ids`` from their content;
+        zero for an item without content (which then scores 0 for everyone, as under ``cold_dropout``)."""
+        return self.cold_out[name](self.cold_features(ids)) * self.item_present.index_select(0, ids)
+
+    def regressed_cold_rows(self, name: str, ids: torch.Tensor) -> torch.Tensor:
+        """:meth:`regressed_rows` of the sorted cold ``ids``, one matmul per block of :meth:`ItemContent.item_blocks`:
+        items added later never change an attach-time cold item's row (a matmul over more rows may round
+        differently)."""
+        n_items = int(self.item_present.shape[0])
+        blocks = self.content.item_blocks(n_items)
+        if len(blocks) == 1:
+            return self.regressed_rows(name, ids)
+        parts = []
+        for block in blocks:
+            inside = ids[(ids >= (block.start or 0)) & (ids < (n_items if block.stop is None else block.stop))]
+            if inside.numel():
+                parts.append(self.regressed_rows(name, inside))
+        return torch.cat(parts)
 
     def regression_loss(self) -> torch.Tensor | float:
         """The regression's relative squared error, ``sum |cold_out(x_i) - e_i|^2 / sum |e_i|^2`` averaged over the
         candidate embeddings, on up to ``regression_rows`` warm items drawn at random (with content, not cold,
         not padding), ``e_i`` being their fused candidate rows with the gradient stopped: only ``cold_out`` learns."""
-        warm = self.item_present.view(-1) & ~self.cold_items.view(-1)
-        ids = torch.nonzero(warm).flatten()
-        ids = ids[ids != 0]
-        if not ids.numel():
+        if torch.is_grad_enabled():  # cold_out may change after this call: nothing kept across calls (content.py)
+            self.clear_cache()
+        ids = self.warm_ids()
+        if ids is None:
             return 0.0
         if ids.numel() > self.regression_rows:
             ids = ids[torch.randint(ids.numel(), (self.regression_rows,), device=ids.device)]
@@ -259,11 +277,25 @@ class FusionAdapter(nn.Module):
         with torch.no_grad():
             content = self.content.content_rows(ids)
         for name in self.cold_out:
-            with torch.no_grad():
+            with torch.no_grad():  # in float32: squared sums of a float16 model's rows overflow
                 target = getattr(self.model, name).base_layer.weight.index_select(0, ids) + self._delta(name, content)
-            error = (self.cold_out[name](features) - target).pow(2).sum()
+                target = target.float()
+            error = (self.cold_out[name](features).float() - target).pow(2).sum()
             total = total + error / target.pow(2).sum().clamp_min(1e-12)
         return total / len(self.cold_out)
+
+    def warm_ids(self) -> torch.Tensor | None:
+        """(k,) long: the items with content that are not cold (padding aside), None when there are none; kept until
+        ``cold_items`` or ``item_present`` is replaced or edited in place."""
+        cold, present = self.cold_items, self.item_present
+        stamp = (cold, cold._version, present, present._version)
+        kept = self.__dict__.get("_warm_ids")
+        if kept is None or any(a is not b if isinstance(a, torch.Tensor) else a != b for a, b in zip(kept[0], stamp)):
+            ids = torch.nonzero(present.view(-1) & ~cold.view(-1)).flatten()
+            ids = ids[ids != 0]
+            kept = (stamp, ids if ids.numel() else None)
+            self.__dict__["_warm_ids"] = kept
+        return kept[1]
 
     @property
     def pairwise(self) -> bool:
@@ -307,7 +339,7 @@ class FusionAdapter(nn.Module):
             if ids is None:
                 return weight
             ids = ids.to(weight.device)  # cold_regression: the cold items' rows are their regressed ones
-            return weight.index_copy(0, ids, self.regressed_rows(name, ids).to(weight.dtype))
+            return weight.index_copy(0, ids, self.regressed_cold_rows(name, ids).to(weight.dtype))
         return self.content.memoised(f"weight:{name}", inputs, compute)
 
     def fused_rows(self, name: str, base_layer: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
@@ -329,9 +361,9 @@ class FusionAdapter(nn.Module):
         content = self.content.content_rows(unique)
         rows = base + self._delta(name, content)
         if name in self.cold_out:  # cold_regression: cold items take their regressed rows
-            cold = self.cold_items.index_select(0, unique)
-            if bool(cold.any()):
-                rows = torch.where(cold, self.regressed_rows(name, unique).to(rows.dtype), rows)
+            where = torch.nonzero(self.cold_items.index_select(0, unique).view(-1)).flatten()
+            if where.numel():
+                rows = rows.index_copy(0, where, self.regressed_rows(name, unique[where]).to(rows.dtype))
         return rows.index_select(0, inverse).view(*ids.shape, -1)
 
     # ---------------------------------------------------------------- cold items (adapters/cold.py)

@@ -1,4 +1,5 @@
-"""Items scored from content alone (``cold_dropout``): which they are, and what that changes in training and ranking.
+"""Items scored from content alone (``cold_dropout`` or ``cold_regression``, the cold-item policy): which they are,
+and what that changes in training and ranking.
 
 With ``attach(..., cold_dropout=0.3, dataset=train_data.dataset)``, :class:`ColdItems` decides:
 
@@ -53,7 +54,7 @@ class ColdItems(nn.Module):
 
     Args:
         n_items: N, the padding id 0 included.
-        options: the adapter's options; ``cold_dropout`` is read at each use.
+        options: the adapter's options; ``cold_dropout`` and ``cold_regression`` are read at each use.
         seen: (N,) bool, the items seen in training (:func:`training_items`), or None when unknown.
         stacklevel: where the warning about an unknown training set points, counted from the caller.
     """
@@ -101,7 +102,7 @@ class ColdItems(nn.Module):
 
     def excluded(self, scope: dict[str, Any] | None) -> torch.Tensor | None:
         """(N,) bool: items a training step must not use as negatives (None when there are none, outside a
-        training loss, and without ``cold_dropout``). Evaluation ranks every item."""
+        training loss, and without the cold-item policy). Evaluation ranks every item."""
         if not self.options.scores_cold_items or scope is None or not scope.get("training_loss"):
             return None
         return self.lookup()[0]
@@ -183,7 +184,7 @@ class _ColdMaskedLoss(nn.Module):
 
     ``excluded`` is called at each loss: it returns an (n_items,) bool mask, or None for "leave nothing out".
     :func:`~fusionlayer.adapters.install.install_adapter` installs it with ``FusionAdapter.excluded_negatives``
-    when ``cold_dropout > 0`` (items never seen in training, during training steps only); ``base`` is the
+    with the cold-item policy on (items never seen in training, during training steps only); ``base`` is the
     original loss, restored by ``detach``. Benchmarks that keep held-out items out of a model's training use it
     with a fixed mask.
     """

@@ -9,7 +9,9 @@ test users whose target is cold and on those whose target is warm, and the per-u
 seed's runs align; the ids are in ``per_user_cold_users``).
 
 Variants: ``plain`` backbones (which can only guess on cold items), ``fusion`` (attach's defaults),
-``fusion+cold`` (``attach(..., cold_dropout=...)``), ``M2SR`` standalone, and ``ContentKNN``: rank by the
+``fusion+cold`` (``attach(..., cold_dropout=...)``), ``content-only`` (the trained content-only baseline: the
+backbone attached with its defaults and its candidate embeddings' ID tables zero and frozen, so every item, warm or
+cold, is scored from its content alone, trained on the same split: :func:`hide_item_ids`), ``M2SR`` standalone, and ``ContentKNN``: rank by the
 cosine similarity of a candidate's features to the user's most recent items (no training).
 
     python -m benchmarks.coldstart --models SASRec,BPR,ContentKNN --seeds 0,1,2
@@ -59,8 +61,29 @@ PROTOCOL = 2  # 2: items unseen in training are neither sampled negatives nor cr
 logger = logging.getLogger("fusionlayer.bench.coldstart")
 
 
+VARIANTS = ["plain", "fusion", "fusion+cold", "content-only", "standalone"]
+ATTACHED = ("fusion", "fusion+cold", "content-only")  # the variants built with attach() (their lines carry its recipe)
+
+
 def variants(model: str) -> list[str]:
-    return ["standalone"] if model in ("M2SR", "ContentKNN") else ["plain", "fusion", "fusion+cold"]
+    return ["standalone"] if model in ("M2SR", "ContentKNN") else ["plain", "fusion", "fusion+cold", "content-only"]
+
+
+def hide_item_ids(model) -> list[str]:
+    """``content-only``: the candidate embeddings' ID tables of an attached backbone set to zero and frozen, so every
+    candidate item is scored from what the fusion makes of its content alone (SASRec, GRU4Rec, BPR: their one item
+    table, so history items too; FPMC keeps its last-item table ``LI_emb``, a history-side ID table, without which
+    its item-to-item term could not train). Returns the tables' names."""
+    adapter = model.fusion_adapter
+    names = list(adapter.candidate_embeddings)
+    for name in names:
+        table = getattr(model, name)
+        weight = getattr(table, "base_layer", table).weight
+        with torch.no_grad():
+            weight.zero_()
+        weight.requires_grad_(False)
+    adapter.clear_cache()
+    return names
 
 
 def write_cold_dataset(inter: dict[str, np.ndarray], out_root: Path, name: str, cold_seed: int) -> tuple[str, set[str]]:
@@ -182,7 +205,8 @@ def build_cold_run(model: str, variant: str, seed: int, args, hparams: dict, col
              "item_inter_num_interval": "[0,inf)", **(hparams["quick"] if args.quick else {})}
     extra.pop("users", None)
     run_args = argparse.Namespace(**{**vars(args), "dataset": args.dataset})  # features keyed by the dataset's tokens
-    config, dataset, data, built = compat.build_run("SASRec" if knn else model, "plain" if knn else variant.split("+")[0],
+    built_as = "plain" if knn else "fusion" if variant in ATTACHED else variant
+    config, dataset, data, built = compat.build_run("SASRec" if knn else model, built_as,
                                                     seed, run_args, recipe, data_root=args.work,
                                                     dataset_name=args.cold_name, extra=extra)
     train_data = data[0]
@@ -193,6 +217,8 @@ def build_cold_run(model: str, variant: str, seed: int, args, hparams: dict, col
     if knn:
         tables = compat.load_tables(args.dataset, train_data.dataset, run_args, hparams)
         return config, data, ContentKNN(tables, built.ITEM_SEQ, built.USER_ID), recipe, cold_ids, counts
+    if variant == "content-only":
+        hide_item_ids(built)
     seen = FusionAdapter.training_items(train_data.dataset, train_data.dataset.item_num).numpy()
     keep_unseen_items_out_of_training(built, train_data, np.flatnonzero(~seen[1:]) + 1)  # attach's cold items
     return config, data, built, recipe, cold_ids, counts
@@ -225,8 +251,8 @@ def run_one(model: str, variant: str, seed: int, args, hparams: dict, cold_token
             "epochs_run": trained.get("epochs_run"), "best_epoch": trained.get("best_epoch"), "protocol": PROTOCOL,
             **({} if model == "ContentKNN" else {"patience": int(config["stopping_step"])}),
             "valid": {group: valid_split[group] for group in ("cold", "warm")},
-            **({"fusion": compat.resolved_recipe(model, recipe["fusion"])} if variant.startswith("fusion") else {}),
-            **({"fusion_options": args.fusion_options} if variant.startswith("fusion") and args.fusion_options else {}),
+            **({"fusion": compat.resolved_recipe(model, recipe["fusion"])} if variant in ATTACHED else {}),
+            **({"fusion_options": args.fusion_options} if variant in ATTACHED and args.fusion_options else {}),
             **probed, "test": {}, **provenance("benchmarks.coldstart", args.argv, args.device)}
 
 
@@ -246,8 +272,8 @@ def probe_content(model, test_data, cold_ids: np.ndarray, device: str = "cpu",
     interaction count in the full data, before the held-out items lost theirs), ``target_interactions`` gives
     the median count of the cold and the warm targets: whether cold targets are simply rarer."""
     adapter = getattr(model, "fusion_adapter", None)
-    if adapter is None or adapter.options.cold_dropout <= 0:
-        raise ValueError("probe_content needs a model attached with cold_dropout > 0 (content-only scoring hides "
+    if adapter is None or not adapter.options.scores_cold_items:
+        raise ValueError("probe_content needs a model attached with cold_dropout > 0 or cold_regression > 0 (content-only scoring hides "
                          "ID embeddings through it); got "
                          + ("no attached adapter" if adapter is None else f"cold_dropout={adapter.options.cold_dropout}"))
     model.eval()
@@ -355,13 +381,14 @@ def same_recipe(row: dict, cold_dropout: float | None = None, fusion_options: di
     ``cold_dropout`` for fusion+cold (the line's own when None). A default adopted since makes the line stale:
     the benchmark re-runs it and the report leaves it out. Lines written before the recipe was recorded count as
     current; when a default changes, they are moved to ``results/history/`` by hand."""
-    if "fusion" not in row or not str(row.get("variant", "")).startswith("fusion"):
+    if "fusion" not in row or row.get("variant") not in ATTACHED:
         return True
     overrides = (row.get("fusion_options") or {}) if fusion_options is None else fusion_options
     fusion = {**compat.load_hparams()["fusion"], **overrides}
     if row["variant"] == "fusion+cold":
         fusion = {**fusion, "cold_dropout": row["fusion"].get("cold_dropout") if cold_dropout is None else cold_dropout}
-    return row["fusion"] == compat.resolved_recipe(row["model"], fusion)
+    expected = compat.resolved_recipe(row["model"], fusion)
+    return compat.with_later_options_off(row["fusion"], expected) == expected
 
 
 def _targets(test_data) -> np.ndarray:
@@ -372,7 +399,7 @@ def _targets(test_data) -> np.ndarray:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="SASRec,BPR,M2SR,ContentKNN")
-    parser.add_argument("--variants", default="plain,fusion,fusion+cold,standalone")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seeds", default=None)
     parser.add_argument("--cold-seed", type=int, default=2024, help="seed of the held-out item set (fixed across runs)")
     parser.add_argument("--cold-dropout", type=float, default=0.3, help="attach(cold_dropout=...) of fusion+cold")
@@ -392,7 +419,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.models = names(parser, args.models, MODELS, "--models")
-    args.variants = set(names(parser, args.variants, ["plain", "fusion", "fusion+cold", "standalone"], "--variants"))
+    args.variants = set(names(parser, args.variants, VARIANTS, "--variants"))
     args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     default_out = RESULTS / f"coldstart-{args.dataset}{'-quick' if args.quick else ''}.jsonl"
     try:

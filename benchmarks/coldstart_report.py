@@ -29,7 +29,7 @@ from benchmarks.report import mean_std, update_readme
 
 HERE = Path(__file__).resolve().parent
 ORDER = [("ContentKNN", "standalone"), ("M2SR", "standalone")] + [
-    (m, v) for m in ("SASRec", "GRU4Rec", "BPR", "FPMC") for v in ("plain", "fusion", "fusion+cold")]
+    (m, v) for m in ("SASRec", "GRU4Rec", "BPR", "FPMC") for v in ("plain", "fusion", "fusion+cold", "content-only")]
 
 
 def group(rows: list[dict], quick: bool = False, dataset: str = "ml-100k") -> dict[tuple[str, str], list[dict]]:

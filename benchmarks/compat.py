@@ -99,6 +99,16 @@ def resolved_recipe(model: str, fusion_options: dict) -> dict:
     return AdapterOptions.from_options(fusion_options, adapter.default_options).to_dict()
 
 
+def with_later_options_off(recorded: dict, expected: dict) -> dict:
+    """A recorded line's resolved fusion options, with each option added after the line was written (absent from it)
+    taken from ``expected`` where ``expected`` has it at its off value (cold_dropout 0, reduce_features None, ...):
+    that is the behaviour the run had. An added option that ``expected`` turns on stays absent, so the line differs."""
+    from fusionlayer.config import AdapterOptions
+
+    off = AdapterOptions().to_dict()
+    return {**{k: v for k, v in expected.items() if k not in recorded and k in off and v == off[k]}, **recorded}
+
+
 def identical_fusion_run(path: Path, model: str, seed: int, hparams: dict) -> dict | None:
     """A recorded full-size +fusion run of ``model`` at ``seed`` in ``path`` that is exactly the run ``hparams``
     would train today: the same protocol (common and per-model hyper-parameters), the same resolved fusion
@@ -106,17 +116,13 @@ def identical_fusion_run(path: Path, model: str, seed: int, hparams: dict) -> di
     other's runs this way, so a candidate that became a default is not trained twice. The line keeps its own
     commit, date and command, and says where it came from (``reused_from``).
     """
-    from fusionlayer.config import AdapterOptions
-
     modalities = sorted(hparams.get("modalities", ["text", "image"]))
     expected = {**hparams["common"], **hparams["models"][model], "fusion": resolved_recipe(model, hparams["fusion"])}
-    off = AdapterOptions().to_dict()  # an option added after a run was recorded is absent from its line; its
-    # off value (cold_dropout 0, reduce_features None) is the behaviour the run had, anything else is not
     for row in read_results(path):
         recorded = dict(row.get("hparams") or {})
         fusion = recorded.get("fusion")
         if isinstance(fusion, dict):
-            recorded["fusion"] = {**{k: v for k, v in expected["fusion"].items() if k not in fusion and v == off.get(k)}, **fusion}
+            recorded["fusion"] = with_later_options_off(fusion, expected["fusion"])
         if (row.get("model"), row.get("variant"), row.get("seed"), bool(row.get("quick"))) == (model, "fusion", seed, False) \
                 and bool(row.get("zero_content")) == bool(hparams.get("zero_content")) and sorted(row.get("modalities") or ["text", "image"]) == modalities and recorded == expected:
             return {**row, "reused_from": row.get("reused_from") or str(path.relative_to(RESULTS) if path.is_relative_to(RESULTS) else path.name)}

@@ -46,7 +46,8 @@ def attach(model: nn.Module, features: Mapping[str, Any], *, dataset: Any = None
         freeze_backbone: train only the fusion parameters.
         **fusion_options: :class:`~fusionlayer.AdapterOptions` fields: the history fusion's
             ``hidden_size``, ``num_layers``, ``dropout``, ... and the adapter's ``output_dropout``,
-            ``output_scale``, ``side``, ``cold_dropout`` and ``reduce_features``; unset ones take the
+            ``output_scale``, ``side``, ``cold_dropout``, ``cold_regression``, ``reduce_features``, ... (all of them:
+            :class:`~fusionlayer.AdapterOptions`); unset ones take the
             backbone adapter's defaults.
 
     Raises:
@@ -283,7 +284,7 @@ def calibrate_cold_offset(model: nn.Module, valid_data: Any, *, max_warm_loss: f
         and case counts of the cold and the warm targets without and with it.
 
     Raises:
-        ValueError: not attached, attached without ``cold_dropout``, no item flagged cold, no validation case
+        ValueError: not attached, attached without ``cold_dropout`` or ``cold_regression``, no item flagged cold, no validation case
             with a cold target, target ids outside the model's items, ``max_warm_loss`` outside [0, 1), a
             ``grid`` that is empty or not finite.
         TypeError: ``valid_data`` does not yield full-sort evaluation batches.
@@ -296,7 +297,8 @@ def calibrate_cold_offset(model: nn.Module, valid_data: Any, *, max_warm_loss: f
     adapter = model.fusion_adapter
     if not adapter.options.scores_cold_items:
         raise ValueError(f"calibrate_cold_offset needs a model attached with cold_dropout > 0 or cold_regression > 0, "
-                         f"got cold_dropout={adapter.options.cold_dropout}: without it, items unseen in training keep their (untrained) "
+                         f"got cold_dropout={adapter.options.cold_dropout}, cold_regression="
+                         f"{adapter.options.cold_regression}: without either, items unseen in training keep their (untrained) "
                          "ID embeddings and are not scored from content alone")
     if not isinstance(max_warm_loss, (int, float)) or isinstance(max_warm_loss, bool) or not 0 <= max_warm_loss < 1:
         raise ValueError(f"max_warm_loss must be a number in [0, 1) (a relative NDCG@10 loss), got {max_warm_loss!r}")

@@ -25,6 +25,8 @@ def _check_numbers(config: Any, **rules: str) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+        if value in (float("inf"), float("-inf")):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
         bound = next(key for key in _RANGES if rule.startswith(key))
         if not _RANGES[bound](value):
             raise ValueError(f"{name} must be {rule}, got {value!r}")

@@ -107,7 +107,8 @@ def test_a_large_catalogue_regresses_onto_a_sample_of_warm_items(setups, monkeyp
 
 @pytest.mark.parametrize("bad, error, words", [
     (-0.5, ValueError, "cold_regression must be >= 0"), ("1", TypeError, "cold_regression must be a number"),
-    (True, TypeError, "cold_regression must be a number"), (float("nan"), ValueError, "cold_regression must be >= 0")])
+    (True, TypeError, "cold_regression must be a number"), (float("nan"), ValueError, "cold_regression must be >= 0"),
+    (float("inf"), ValueError, "cold_regression must be a finite number")])
 def test_cold_regression_bad_values(bad, error, words):
     with pytest.raises(error, match=words):
         AdapterOptions(cold_regression=bad)
@@ -121,3 +122,23 @@ def test_cold_regression_needs_the_candidate_side(setups):
     assert not fusionlayer.is_attached(model)
     fusionlayer.attach(model, random_features(train.dataset.item_num), dataset=train.dataset)  # off: nothing added
     assert len(model.fusion_adapter.cold_out) == 0 and not any(".cold_out." in k for k in model.state_dict())
+
+
+def test_softmax_loss_leaves_cold_items_out_and_items_without_content_get_a_zero_row(setups, monkeypatch):
+    model, train, batch, _ = attached("BPR", setups, cold_regression=1.0, softmax_loss=1.0)
+    adapter = model.fusion_adapter
+    rows = new_rows(2)
+    rows = {m: torch.cat([t[:1], torch.zeros_like(t[:1])]) for m, t in rows.items()}  # the second: no content
+    with pytest.warns(UserWarning, match="1 of 2 added items have all-zero features"):
+        ids = fusionlayer.add_items(model, rows, ["full", "empty"])
+    with torch.no_grad():
+        regressed = adapter.regressed_rows("item_embedding", torch.tensor(ids))
+    assert regressed[0].abs().sum() > 0 and torch.equal(regressed[1], torch.zeros_like(regressed[1]))
+    # the pairwise loss's added cross-entropy ranks the warm items only: with the regression's own loss off, no
+    # gradient reaches the cold rows' regression
+    monkeypatch.setattr(adapter, "regression_loss", lambda: 0.0)
+    model.train()
+    model.zero_grad()
+    model.calculate_loss(batch).backward()
+    assert all(p.grad is None or not p.grad.any() for p in adapter.cold_out.parameters())
+    assert adapter.item_out["item_embedding"].weight.grad.any()

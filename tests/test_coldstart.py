@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmarks import coldstart, coldstart_report
+from fusionlayer.config import AdapterOptions
 
 
 def test_cold_items_keep_only_the_users_last_two_interactions(tmp_path):
@@ -93,6 +94,10 @@ def test_a_fusion_line_with_an_earlier_default_recipe_is_stale(tmp_path, monkeyp
     stale = {**rows[0], "seed": 1, "fusion": {**current, "hidden_size": current["hidden_size"] * 2}}
     legacy = {k: v for k, v in {**rows[0], "seed": 2}.items() if k != "fusion"}
     assert not coldstart.same_recipe(stale) and coldstart.same_recipe(legacy)
+    # an option added after a line was written is absent from it: at its off value, the line is the same recipe;
+    # a remedy that turns it on is another recipe
+    older = {**rows[1], "fusion": {k: v for k, v in cold.items() if k != "cold_regression"}}
+    assert coldstart.same_recipe(older, 0.3) and not coldstart.same_recipe(older, 0.3, {"cold_regression": 1.0})
     out = tmp_path / "coldstart.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in [*rows, stale, legacy]))
     full, _ = coldstart_report.report(out)
@@ -203,7 +208,9 @@ def test_coldstart_quick_end_to_end(tmp_path):
     assert coldstart.main(["--quick", "--models", "BPR,ContentKNN,M2SR", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {(r["model"], r["variant"]) for r in rows} == {("BPR", "plain"), ("BPR", "fusion"), ("BPR", "fusion+cold"),
-                                                          ("ContentKNN", "standalone"), ("M2SR", "standalone")}
+                                                          ("BPR", "content-only"), ("ContentKNN", "standalone"),
+                                                          ("M2SR", "standalone")}
+    assert all(("fusion" in r) == (r["variant"] in ("fusion", "fusion+cold", "content-only")) for r in rows)
     for row in rows:
         assert row["cold"]["users"] + row["warm"]["users"] > 0 and row["quick"] is True
         assert len(row["per_user_cold_ndcg"]) == len(row["per_user_cold_users"]) == row["cold"]["users"]
@@ -270,7 +277,7 @@ class _StubAdapter(torch.nn.Module):
         super().__init__()
         from types import SimpleNamespace
 
-        self.options = SimpleNamespace(cold_dropout=0.3)
+        self.options = AdapterOptions(cold_dropout=0.3)
         cold = torch.zeros(n_items, 1, dtype=torch.bool)
         cold[flagged] = True
         self.register_buffer("cold_items", cold)
@@ -326,8 +333,39 @@ def test_probe_content_ranks_targets_three_ways_and_restores_the_cold_flags():
 
 def test_probe_content_refuses_a_model_without_cold_dropout():
     model = _StubModel(torch.zeros(1, 3), torch.zeros(1, 3), flagged=[])
-    model.fusion_adapter.options.cold_dropout = 0.0
-    with pytest.raises(ValueError, match="cold_dropout > 0"):
+    model.fusion_adapter.options = AdapterOptions()  # neither cold_dropout nor cold_regression
+    with pytest.raises(ValueError, match="cold_dropout > 0 or cold_regression > 0"):
         coldstart.probe_content(model, [], np.array([1]))
     with pytest.raises(SystemExit):
         coldstart.parse_args(["--probe-checkpoint", __file__, "--models", "BPR,SASRec", "--seeds", "0"])
+
+
+@pytest.mark.needs_ml100k
+@pytest.mark.parametrize("name", ["SASRec", "FPMC"])
+def test_content_only_hides_every_item_id_table_and_keeps_it_out_of_training(name, setups):
+    """The trained content-only baseline: every item is its content alone, in the history and as a candidate."""
+    import fusionlayer
+    from conftest import backbone_class, random_features
+
+    config, train, _, _, batch = setups(name)
+    torch.manual_seed(0)
+    model = backbone_class(name)(config, train.dataset)
+    fusionlayer.attach(model, random_features(train.dataset.item_num), dataset=train.dataset)
+    hidden = coldstart.hide_item_ids(model)
+    adapter = model.fusion_adapter
+    assert set(hidden) == set(adapter.candidate_embeddings)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(2):
+        optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+    for table in hidden:
+        base = getattr(getattr(model, table), "base_layer", getattr(model, table)).weight
+        assert not base.requires_grad and not base.any()  # zero, and still zero after training
+    model.eval()
+    with torch.no_grad():  # candidates: the content part alone, which training moved off zero
+        for table in adapter.candidate_embeddings:
+            weight = getattr(model, table).weight
+            torch.testing.assert_close(weight, adapter.item_delta(table))
+            assert weight[1:].abs().sum() > 0

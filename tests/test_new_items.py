@@ -33,9 +33,10 @@ def new_rows(n, seed=1):
     return {k: v[1:] for k, v in feats.items()}
 
 
+@pytest.mark.parametrize("option", [{"cold_dropout": 0.3}, {"cold_regression": 1.0}], ids=["dropout", "regression"])
 @pytest.mark.parametrize("name", BACKBONES)
-def test_added_items_are_scored_and_old_scores_do_not_change(name, setups):
-    model, train, batch, eval_batch = attached(name, setups, cold_dropout=0.3)
+def test_added_items_are_scored_and_old_scores_do_not_change(name, option, setups):
+    model, train, batch, eval_batch = attached(name, setups, **option)
     model.eval()
     with torch.no_grad():
         before = model.full_sort_predict(eval_batch).view(len(eval_batch), -1)
