@@ -248,6 +248,9 @@ def test_a_pick_is_adopted_only_when_its_mean_validation_over_the_confirm_seeds_
     picks = tune.pick("ml-100k", space)["FPMC"]
     assert picks["confirmation"]["confirmed"] and picks["adopted"] == "output_scale=10"
     assert picks["adopted_options"] == {"output_scale": 10.0}
+    # the report says what attach() does: FPMC's adapter has no such default, so it is "not changed yet"
+    assert "attach()'s default for FPMC is not changed yet" in tune.tuning_report("ml-100k", space, {"FPMC": picks})
+    assert "attach() defaults to it" not in tune.tuning_report("ml-100k", space, {"FPMC": picks})
 
 
 def test_confirm_trains_the_pick_and_reuses_the_grids_default_runs(tmp_path, monkeypatch):
