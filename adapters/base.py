@@ -231,7 +231,7 @@ class FusionAdapter(nn.Module):
             scores = model.full_sort_predict(interaction).view(target.shape[0], -1)
             # cold items are no negatives here either (the cold-item policy), as in the host's own loss
             total = weight * _ColdMaskedLoss(nn.CrossEntropyLoss(), self.excluded_negatives)(scores, target.long())
-        if self.options.cold_regression > 0 and len(self.cold_out):
+        if len(self.cold_out):  # cold_regression (its Linears exist only then)
             total = total + self.options.cold_regression * self.regression_loss()
         return total
 
@@ -256,8 +256,8 @@ class FusionAdapter(nn.Module):
         if len(blocks) == 1:
             return self.regressed_rows(name, ids)
         parts = []
-        for block in blocks:
-            inside = ids[(ids >= (block.start or 0)) & (ids < (n_items if block.stop is None else block.stop))]
+        for block in blocks:  # several blocks: explicit starts and stops
+            inside = ids[(ids >= block.start) & (ids < block.stop)]
             if inside.numel():
                 parts.append(self.regressed_rows(name, inside))
         return torch.cat(parts)
@@ -288,14 +288,13 @@ class FusionAdapter(nn.Module):
         """(k,) long: the items with content that are not cold (padding aside), None when there are none; kept until
         ``cold_items`` or ``item_present`` is replaced or edited in place."""
         cold, present = self.cold_items, self.item_present
-        stamp = (cold, cold._version, present, present._version)
         kept = self.__dict__.get("_warm_ids")
-        if kept is None or any(a is not b if isinstance(a, torch.Tensor) else a != b for a, b in zip(kept[0], stamp)):
+        if kept is None or kept[0] is not cold or kept[1] is not present or kept[2] != (cold._version, present._version):
             ids = torch.nonzero(present.view(-1) & ~cold.view(-1)).flatten()
             ids = ids[ids != 0]
-            kept = (stamp, ids if ids.numel() else None)
+            kept = (cold, present, (cold._version, present._version), ids if ids.numel() else None)
             self.__dict__["_warm_ids"] = kept
-        return kept[1]
+        return kept[3]
 
     @property
     def pairwise(self) -> bool:

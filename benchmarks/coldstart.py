@@ -66,7 +66,7 @@ ATTACHED = ("fusion", "fusion+cold", "content-only")  # the variants built with 
 
 
 def variants(model: str) -> list[str]:
-    return ["standalone"] if model in ("M2SR", "ContentKNN") else ["plain", "fusion", "fusion+cold", "content-only"]
+    return ["standalone"] if model in ("M2SR", "ContentKNN") else [v for v in VARIANTS if v != "standalone"]
 
 
 def hide_item_ids(model) -> list[str]:

@@ -190,10 +190,15 @@ def pick(dataset: str, space: dict) -> dict:
     return picks
 
 
-def in_library(model: str, options: dict) -> bool:
-    """Whether ``attach()`` already resolves ``options`` for ``model`` with no options given (its adapter's
-    ``default_options``): what the report may call the default."""
-    return compat.resolved_recipe(model, {}) == compat.resolved_recipe(model, options)
+def verdict(model: str, options: dict, confirmed: bool) -> str:
+    """The confirmation's sentence. A confirmed pick is called attach()'s default only when ``attach()`` resolves
+    ``options`` for ``model`` with no options given (its adapter's ``default_options``)."""
+    if not confirmed:
+        return f"**not confirmed**; attach() keeps its defaults for {model}."
+    if compat.resolved_recipe(model, {}) == compat.resolved_recipe(model, options):
+        return f"**confirmed**; attach() defaults to it for {model}."
+    return (f"**confirmed** on validation; attach()'s default for {model} is not changed yet (a default changes by "
+            "hand, in the adapter's default_options, once the other dataset's rows are re-run with it).")
 
 
 def applies(candidate: dict, model: str, space: dict) -> bool:
@@ -268,12 +273,7 @@ def tuning_report(dataset: str, space: dict, picks: dict, made: dict | None = No
                 lines += [f"Confirmation on seeds {', '.join(map(str, check['seeds']))} (validation NDCG@10 per seed: {per}): "
                           f"mean `{p['pick']}` {check['mean_valid_ndcg@10'][p['pick']]:.4f} against `default` "
                           f"{check['mean_valid_ndcg@10']['default']:.4f}: "
-                          + (f"**confirmed**; attach() defaults to it for {model}." if check["confirmed"]
-                             and in_library(model, p["options"]) else
-                             f"**confirmed** on validation; attach()'s default for {model} is not changed yet (a default "
-                             "changes by hand, in the adapter's default_options, once the other dataset's rows are "
-                             "re-run with it)." if check["confirmed"] else
-                             f"**not confirmed**; attach() keeps its defaults for {model}."), ""]
+                          + verdict(model, p["options"], check["confirmed"]), ""]
         lines += [
                   "| candidate | valid NDCG@10 | vs default | vs plain | best epoch / epochs run | train s |",
                   "|---|---|---|---|---|---|"]

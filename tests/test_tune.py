@@ -325,3 +325,11 @@ def test_zero_content_tables_keep_their_shapes(monkeypatch):
     assert compat.load_tables("x", None, args, hparams)["text"].sum() == 15
     zero = compat.load_tables("x", None, args, {**hparams, "zero_content": True})["text"]
     assert zero.shape == (5, 3) and not zero.any()
+
+
+def test_compare_reports_a_recipe_against_plain_on_test_from_the_recorded_runs():
+    from benchmarks import compare
+
+    lines = "\n".join(compare.compare("amazon-scientific", "SASRec", "content_init"))
+    assert "one-sided Wilcoxon" in lines and "| SASRec | plain |" in lines and "| SASRec | fusion |" in lines
+    assert "No seed has both" in compare.compare("amazon-scientific", "SASRec", "no-such-candidate")[0]
